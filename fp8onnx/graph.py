@@ -1,0 +1,268 @@
+"""Graph helpers: the one place that reads and edits ONNX graphs for the passes.
+
+Passes work on ``onnx.ModelProto`` in place and reach the protobufs only through these
+plain functions, so edits stay consistent (names unique, order topological) and
+repeated runs give the same bytes.
+
+>>> idx = GraphIndex(model.graph)            # doctest: +SKIP
+>>> idx.producer["conv1_out"].op_type          # doctest: +SKIP
+'Conv'
+"""
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = [
+    "GraphIndex",
+    "NameAllocator",
+    "iter_graphs",
+    "subgraphs",
+    "constant_array",
+    "toposort",
+    "set_metadata",
+    "outer_scope_inputs",
+    "remove_unused",
+]
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held in ``node``'s attributes (If branches, Loop and Scan bodies)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph nested in it, parents before children."""
+    yield graph
+    for node in graph.node:
+        for g in subgraphs(node):
+            yield from iter_graphs(g)
+
+
+class GraphIndex:
+    """Producers, consumers and constants of one graph, built once per use.
+
+    An index is a snapshot: rebuild it after editing the graph.
+    """
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer: Dict[str, onnx.NodeProto] = {}
+        self.consumers: Dict[str, List[onnx.NodeProto]] = defaultdict(list)
+        self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
+        self.graph_outputs = {v.name for v in graph.output}
+        self.value_info = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for name in set(_node_reads(node)):
+                self.consumers[name].append(node)
+
+    def is_constant(self, name: str) -> bool:
+        """True for initializers (not overridable by an input) and Constant-node outputs."""
+        if name in self.initializers and name not in self.graph_inputs:
+            return True
+        p = self.producer.get(name)
+        return p is not None and p.op_type == "Constant"
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        """The value of a constant tensor, or None when ``name`` is not constant here."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        p = self.producer.get(name)
+        if p is not None and p.op_type == "Constant":
+            return constant_array(p)
+        return None
+
+    def elem_type(self, name: str) -> Optional[int]:
+        """The tensor's element type where the graph says it, else None."""
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        vi = self.value_info.get(name)
+        if vi is not None and vi.type.HasField("tensor_type"):
+            return vi.type.tensor_type.elem_type or None
+        p = self.producer.get(name)
+        if p is not None and p.op_type == "Constant":
+            arr = constant_array(p)
+            return onnx.helper.np_dtype_to_tensor_dtype(arr.dtype) if arr is not None else None
+        return None
+
+    def shape(self, name: str) -> Optional[Tuple]:
+        """The tensor's shape as a tuple of ints and dim names (None for unknown dims)."""
+        if name in self.initializers:
+            return tuple(self.initializers[name].dims)
+        vi = self.value_info.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        return tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in vi.type.tensor_type.shape.dim
+        )
+
+
+def constant_array(node: onnx.NodeProto) -> Optional[np.ndarray]:
+    """The value a Constant node produces (any of its value_* attributes)."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+def _node_reads(node: onnx.NodeProto) -> List[str]:
+    """Every tensor ``node`` reads, including outer-scope names used inside its subgraphs."""
+    names = [i for i in node.input if i]
+    for g in subgraphs(node):
+        names.extend(outer_scope_inputs(g))
+    return names
+
+
+def outer_scope_inputs(graph: onnx.GraphProto) -> List[str]:
+    """Names a (sub)graph reads that it does not define itself, in first-use order."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    seen, result = set(), []
+    for node in graph.node:
+        for name in _node_reads(node):
+            if name not in defined and name not in seen:
+                seen.add(name)
+                result.append(name)
+        defined.update(o for o in node.output if o)
+    for v in graph.output:
+        if v.name not in defined and v.name not in seen:
+            seen.add(v.name)
+            result.append(v.name)
+    return result
+
+
+class NameAllocator:
+    """Hands out readable names that collide with nothing in the model, deterministically."""
+
+    def __init__(self, model_or_graph) -> None:
+        graph = model_or_graph.graph if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph
+        self.taken = set()
+        for g in iter_graphs(graph):
+            self.taken.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
+            self.taken.update(t.name for t in g.initializer)
+            for n in g.node:
+                self.taken.update(n.output)
+                self.taken.update(n.input)
+                if n.name:
+                    self.taken.add(n.name)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken or not name:
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+
+def toposort(graph: onnx.GraphProto) -> bool:
+    """Orders ``graph.node`` topologically, keeping the existing order where it is free.
+
+    Returns True when the order changed. Raises ValueError on a cycle or a read of a
+    tensor nobody produces (naming it).
+    """
+    nodes = list(graph.node)
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer_idx = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer_idx[o] = i
+    deps = [set() for _ in nodes]
+    users = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for name in _node_reads(n):
+            j = producer_idx.get(name)
+            if j is not None and j != i:
+                deps[i].add(j)
+            elif j is None and name not in available:
+                # Outer-scope names of a subgraph are resolved by the parent: fine here.
+                continue
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    indegree = [len(d) for d in deps]
+    ready = [i for i, k in enumerate(indegree) if k == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            indegree[u] -= 1
+            if indegree[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if i not in set(order)]
+        raise ValueError(f"graph {graph.name!r} has a cycle through nodes {stuck[:5]}")
+    if order == list(range(len(nodes))):
+        return False
+    new = [nodes[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(new)
+    return True
+
+
+def remove_unused(graph: onnx.GraphProto) -> bool:
+    """Drops nodes whose outputs nobody reads and initializers nobody reads (this graph only)."""
+    changed = False
+    while True:
+        idx = GraphIndex(graph)
+        keep_outputs = idx.graph_outputs
+        dead = [
+            n for n in graph.node
+            if not any(o in keep_outputs or idx.consumers.get(o) for o in n.output if o)
+        ]
+        if not dead:
+            break
+        dead_ids = {id(n) for n in dead}
+        kept = [n for n in graph.node if id(n) not in dead_ids]
+        del graph.node[:]
+        graph.node.extend(kept)
+        changed = True
+    idx = GraphIndex(graph)
+    graph_input_names = {v.name for v in graph.input}
+    unused = [
+        t for t in graph.initializer
+        if not idx.consumers.get(t.name) and t.name not in idx.graph_outputs and t.name not in graph_input_names
+    ]
+    if unused:
+        names = {t.name for t in unused}
+        kept = [t for t in graph.initializer if t.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        changed = True
+    return changed
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> bool:
+    """Sets ``metadata_props[key]``; returns True when the value changed."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            if prop.value == value:
+                return False
+            prop.value = value
+            return True
+    model.metadata_props.add(key=key, value=value)
+    return True

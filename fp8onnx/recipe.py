@@ -1,0 +1,157 @@
+"""The recipe: every choice a compilation makes, as one JSON-serialisable record.
+
+Global formats, scheme, emission and calibration settings, plus overrides per op type
+and per node name (regular expressions, searched in the anchor node's name). An override
+is a format name for both weights and activations, ``{"weight": F, "activation": F}``,
+or ``"float"`` to keep the unit out. Node overrides beat op-type overrides, which beat
+the global formats. The recipe is stored in the output's ``metadata_props``.
+
+>>> r = Recipe.from_dict({"format": "e4m3", "op_types": {"Gemm": "e3m4"},
+...                       "nodes": {"classifier": "float"}})
+>>> r.resolve("features.0/Conv", "Conv")
+('e4m3', 'e4m3', None)
+>>> r.resolve("classifier/Gemm", "Gemm")[2]
+"recipe keeps nodes matching 'classifier' in float"
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
+
+from . import formats as _formats
+from . import schemes as _schemes
+from .errors import UserError
+
+__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS"]
+
+EMIT_MODES = ("auto", "qdq", "emulate")
+CALIB_METHODS = ("max", "percentile", "mse", "kl")
+
+
+@dataclass
+class Recipe:
+    weight_format: str = "e4m3"
+    activation_format: str = "e4m3"
+    scheme: str = "standard"
+    emit: str = "auto"
+    calib_method: str = "max"
+    percentile: float = 99.99
+    exclude: List[str] = field(default_factory=list)
+    keep_first_last: bool = False
+    op_types: Dict[str, object] = field(default_factory=dict)
+    nodes: Dict[str, object] = field(default_factory=dict)
+    dynamic: bool = False
+    bn_calib: bool = False
+    opset: int = 19
+    saturate: bool = True
+
+    # --- construction and validation ------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        d = dict(d)
+        if "format" in d:
+            fmt = d.pop("format")
+            d.setdefault("weight_format", fmt)
+            d.setdefault("activation_format", fmt)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(
+                f"recipe has unknown key(s) {', '.join(unknown)}: valid keys are format, {', '.join(sorted(known))}"
+            )
+        r = cls(**d)
+        r.validate()
+        return r
+
+    @classmethod
+    def load(cls, path: str) -> "Recipe":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError as e:
+            raise UserError(f"recipe file {path!r} not found: check the --recipe path") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"recipe file {path!r} is not valid JSON ({e}): fix the file") from e
+        if not isinstance(d, dict):
+            raise UserError(f"recipe file {path!r} must hold a JSON object, not {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def validate(self) -> None:
+        for key in ("weight_format", "activation_format"):
+            _check_format(getattr(self, key), key)
+        if self.scheme not in _schemes.names():
+            raise UserError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(_schemes.names())}")
+        if self.emit not in EMIT_MODES:
+            raise UserError(f"unknown emit mode {self.emit!r}: choose one of {', '.join(EMIT_MODES)}")
+        if self.calib_method not in CALIB_METHODS:
+            raise UserError(
+                f"unknown calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if not 0 < float(self.percentile) <= 100:
+            raise UserError(f"percentile {self.percentile} is outside (0, 100]: give e.g. 99.99")
+        if not isinstance(self.opset, int) or not 19 <= self.opset <= 23:
+            raise UserError(f"opset {self.opset!r} is not supported: FP8 Q/DQ needs 19..23")
+        for pattern in list(self.exclude) + list(self.nodes):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UserError(f"bad node-name regex {pattern!r} ({e}): fix the pattern") from e
+        for where, table in (("op_types", self.op_types), ("nodes", self.nodes)):
+            for key, value in table.items():
+                _parse_override(value, f"{where}[{key!r}]")
+
+    # --- decisions --------------------------------------------------------------------
+    def resolve(self, node_name: str, op_type: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+        """(weight format, activation format, reason kept float) for one unit's anchor node."""
+        for pattern in self.exclude:
+            if re.search(pattern, node_name):
+                return None, None, f"excluded by --exclude {pattern!r}"
+        w, a = self.weight_format, self.activation_format
+        if op_type in self.op_types:
+            w, a = _parse_override(self.op_types[op_type], op_type, (w, a))
+            if w is None and a is None:
+                return None, None, f"recipe keeps op type {op_type} in float"
+        for pattern, value in self.nodes.items():
+            if re.search(pattern, node_name):
+                w, a = _parse_override(value, pattern, (w, a))
+                if w is None and a is None:
+                    return None, None, f"recipe keeps nodes matching {pattern!r} in float"
+        return w, a, None
+
+    # --- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _check_format(name, where):
+    try:
+        _formats.get(name)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from e
+
+
+def _parse_override(value, where, current=(None, None)) -> Tuple[Optional[str], Optional[str]]:
+    """(weight, activation) formats an override gives; keys it omits keep ``current``."""
+    if value == "float":
+        return None, None
+    if isinstance(value, str):
+        _check_format(value, where)
+        return value, value
+    if isinstance(value, dict):
+        bad = set(value) - {"weight", "activation"}
+        if bad:
+            raise UserError(f"override {where}: unknown key(s) {sorted(bad)}; use 'weight' and 'activation'")
+        out = []
+        for k, cur in zip(("weight", "activation"), current):
+            v = value.get(k, cur)
+            if v in (None, "float"):
+                out.append(None)
+            else:
+                _check_format(v, f"{where}.{k}")
+                out.append(v)
+        return out[0], out[1]
+    raise UserError(f"override {where} must be a format name, 'float' or {{'weight': F, 'activation': F}}")

@@ -1,0 +1,19 @@
+"""The extended scheme: standard plus normalisation and element-wise operators.
+
+LayerNormalization (fused or decomposed), BatchNormalization and element-wise
+Add/Mul/Div get FP8 activation inputs; their own parameters stay float.
+"""
+from .patterns import PATTERNS as P
+from .spec import UnitSpec
+from .standard import STANDARD
+
+__all__ = ["EXTENDED"]
+
+EXTENDED = STANDARD.extend("extended", (
+    UnitSpec("layernorm_decomposed", P["layernorm_decomposed"], activations=("x",)),
+    UnitSpec("layernorm", P["layernorm"], activations=("x",)),
+    UnitSpec("batchnorm", P["batchnorm"], activations=("x",)),
+    UnitSpec("add", P["add"], activations=("a", "b")),
+    UnitSpec("mul", P["mul"], activations=("a", "b")),
+    UnitSpec("div", P["div"], activations=("a", "b")),
+), "standard + LayerNorm, BatchNorm and element-wise Add/Mul/Div inputs")

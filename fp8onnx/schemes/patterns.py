@@ -1,0 +1,122 @@
+"""The pattern library: quantizable units as data, with their conditions.
+
+Each pattern's docstring-style comment gives the rewrite it enables in arrow form.
+Conditions return the reason a match stays float, which the report shows per node.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from onnx import TensorProto
+
+from ..pattern import Match, PNode, Pattern
+
+__all__ = ["PATTERNS", "ACTIVATION_OPS"]
+
+#: Element-wise activations that fuse into the unit before them; never quantized.
+ACTIVATION_OPS = (
+    "Relu", "Clip", "HardSwish", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh", "Elu",
+    "Selu", "Gelu", "Softplus", "Mish", "PRelu",
+)
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+# --- conditions: (Match) -> reason or None -------------------------------------------
+
+def constant_weight(var: str, what: str = "weight"):
+    def cond(m: Match) -> Optional[str]:
+        name = m.vars[var]
+        if name not in m.index.initializers:
+            if m.index.is_constant(name):
+                return f"{what} {name!r} is a Constant node output (run lift_constants first)"
+            return f"{what} {name!r} is not constant"
+        if name in m.index.graph_inputs:
+            return f"{what} {name!r} is a graph input that callers may override"
+        if m.index.initializers[name].data_type not in _FLOATS:
+            return f"{what} {name!r} is not a float tensor"
+        return None
+    cond.__name__ = f"constant_{var}"
+    return cond
+
+
+def weight_rank_at_least(var: str, rank: int):
+    def cond(m: Match) -> Optional[str]:
+        dims = m.index.initializers[m.vars[var]].dims
+        return None if len(dims) >= rank else f"weight {m.vars[var]!r} has rank {len(dims)} < {rank}"
+    return cond
+
+
+def not_constant(*vars_: str):
+    def cond(m: Match) -> Optional[str]:
+        for v in vars_:
+            if m.index.is_constant(m.vars[v]):
+                return f"input {m.vars[v]!r} is constant (a weight on the wrong side)"
+        return None
+    return cond
+
+
+def gather_axis_zero(m: Match) -> Optional[str]:
+    axis = next((a.i for a in m.anchor.attribute if a.name == "axis"), 0)
+    return None if axis == 0 else f"Gather axis is {axis}, not an embedding lookup"
+
+
+# --- patterns ------------------------------------------------------------------------
+
+def _with_act(name, anchor: PNode, conditions, extra=()):
+    """anchor -> act: the anchor with one fused activation after it."""
+    return Pattern(name, anchor.name, (anchor, PNode("act", ACTIVATION_OPS, (f"%{anchor.name}",))) + extra,
+                   conditions)
+
+
+_conv = PNode("conv", ("Conv",), ("$x", "$w"))
+_convt = PNode("convt", ("ConvTranspose",), ("$x", "$w"))
+_mm = PNode("mm", ("MatMul",), ("$x", "$w"))
+_conv_cond = (constant_weight("w"),)
+_lin_cond = (constant_weight("w"), weight_rank_at_least("w", 2))
+
+PATTERNS = {p.name: p for p in (
+    # Conv(x, W) -> Sigmoid -> Mul : SiLU as YOLOv8 and EfficientNet export it
+    Pattern("conv_silu", "conv", (
+        _conv, PNode("sig", ("Sigmoid",), ("%conv",)),
+        PNode("mul", ("Mul",), ("%conv", "%sig"), commutative=True)), _conv_cond),
+    # Conv(x, W) -> Relu|Clip|HardSwish|...
+    _with_act("conv_act", _conv, _conv_cond),
+    # Conv(x, W)
+    Pattern("conv", "conv", (_conv,), _conv_cond),
+    _with_act("conv_transpose_act", _convt, _conv_cond),
+    Pattern("conv_transpose", "convt", (_convt,), _conv_cond),
+    # MatMul(x, W) -> Add(b) -> act : a Linear layer with bias and activation
+    Pattern("linear_bias_act", "mm", (
+        _mm, PNode("add", ("Add",), ("%mm", "#b"), commutative=True),
+        PNode("act", ACTIVATION_OPS, ("%add",))), _lin_cond),
+    # MatMul(x, W) -> Add(b)
+    Pattern("linear_bias", "mm", (
+        _mm, PNode("add", ("Add",), ("%mm", "#b"), commutative=True)), _lin_cond),
+    Pattern("linear", "mm", (_mm,), _lin_cond),
+    # MatMul(a, b) with both activations: attention's Q K^T and A V
+    Pattern("matmul_act", "mm", (PNode("mm", ("MatMul",), ("$a", "$b")),), (not_constant("a", "b"),)),
+    _with_act("gemm_act", PNode("gemm", ("Gemm",), ("$x", "$w")), (constant_weight("w"),)),
+    Pattern("gemm", "gemm", (PNode("gemm", ("Gemm",), ("$x", "$w")),), (constant_weight("w"),)),
+    # Gather(Table, ids) : an embedding lookup, weights only
+    Pattern("embedding", "gather", (PNode("gather", ("Gather",), ("$table", "$ids")),),
+            (constant_weight("table", "table"), weight_rank_at_least("table", 2), gather_axis_zero)),
+    # extended scheme ---------------------------------------------------------------
+    Pattern("layernorm", "ln", (PNode("ln", ("LayerNormalization",), ("$x",)),)),
+    # ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add : LayerNorm as older exports write it
+    Pattern("layernorm_decomposed", "mean", (
+        PNode("mean", ("ReduceMean",), ("$x",)),
+        PNode("sub", ("Sub",), ("$x", "%mean")),
+        PNode("pow", ("Pow",), ("%sub", "#two")),
+        PNode("var", ("ReduceMean",), ("%pow",)),
+        PNode("addeps", ("Add",), ("%var", "#eps"), commutative=True),
+        PNode("sqrt", ("Sqrt",), ("%addeps",)),
+        PNode("div", ("Div",), ("%sub", "%sqrt")),
+        PNode("mul", ("Mul",), ("%div", "#gamma"), commutative=True),
+        PNode("add", ("Add",), ("%mul", "#beta"), commutative=True),
+    )),
+    Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),)),
+    Pattern("add", "op", (PNode("op", ("Add",), ("$a", "$b")),)),
+    Pattern("mul", "op", (PNode("op", ("Mul",), ("$a", "$b")),)),
+    Pattern("div", "op", (PNode("op", ("Div",), ("$a", "$b")),)),
+)}

@@ -1,0 +1,30 @@
+"""The standard scheme: the paper's compute-heavy operators.
+
+Conv, ConvTranspose, Gemm and MatMul get FP8 weights (per output channel) and FP8
+activations (per tensor); MatMul of two activations gets both inputs quantized; an
+embedding Gather gets FP8 weights only. Softmax is never quantized.
+"""
+from .patterns import PATTERNS as P
+from .spec import Scheme, UnitSpec, WeightSpec as W
+
+__all__ = ["STANDARD"]
+
+_CONV = dict(activations=("x",), weights=(W("w", 0),))
+_CONVT = dict(activations=("x",), weights=(W("w", 1),))
+_LINEAR = dict(activations=("x",), weights=(W("w", -1),))
+_GEMM = dict(activations=("x",), weights=(W("w", "gemm_b"),))
+
+STANDARD = Scheme("standard", (
+    UnitSpec("conv_silu", P["conv_silu"], **_CONV),
+    UnitSpec("conv_act", P["conv_act"], **_CONV),
+    UnitSpec("conv", P["conv"], **_CONV),
+    UnitSpec("conv_transpose_act", P["conv_transpose_act"], **_CONVT),
+    UnitSpec("conv_transpose", P["conv_transpose"], **_CONVT),
+    UnitSpec("linear_bias_act", P["linear_bias_act"], **_LINEAR),
+    UnitSpec("linear_bias", P["linear_bias"], **_LINEAR),
+    UnitSpec("linear", P["linear"], **_LINEAR),
+    UnitSpec("matmul_act", P["matmul_act"], activations=("a", "b")),
+    UnitSpec("gemm_act", P["gemm_act"], **_GEMM),
+    UnitSpec("gemm", P["gemm"], **_GEMM),
+    UnitSpec("embedding", P["embedding"], weights=(W("table", 0),)),
+), "Conv, ConvTranspose, Gemm, MatMul (weights and activation x activation), embedding Gather")
