@@ -1,0 +1,169 @@
+"""The zoo entry interface, the skip exception, the cache folder and the default session.
+
+An entry is one real pretrained model with real data and a task metric::
+
+    entry = fp8onnx.zoo.get("digits_cnn")
+    model = entry.load()                         # FP32 onnx.ModelProto
+    calib = list(entry.calib_feeds(64))          # feed dicts, training-side split
+    m_fp32 = entry.evaluate()                    # metric of the FP32 model, higher is better
+    m_q = entry.evaluate(quantized_model, session_factory=my_session)
+    loss = fp8onnx.zoo.relative_loss(m_fp32, m_q)
+
+``session_factory(model_bytes) -> session`` builds whatever runs the model (onnxruntime
+by default, a custom-op session for FP8 models); the session only needs
+``.run(output_names, feeds) -> list[np.ndarray]``, onnxruntime's signature.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Union
+
+import numpy as np
+import onnx
+
+from ..errors import Fp8OnnxError
+
+__all__ = [
+    "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
+    "cache_dir", "require", "ort_session", "model_bytes", "relative_loss",
+]
+
+Feeds = Dict[str, np.ndarray]
+ModelLike = Union[onnx.ModelProto, bytes, str, os.PathLike]
+SessionFactory = Callable[[bytes], Any]
+
+
+class ZooSkip(Fp8OnnxError):
+    """An entry cannot run here: an optional package or file is missing.
+
+    The message says what to install, e.g. ``skipped: install nudenet (pip install nudenet)``.
+    """
+
+
+def require(module: str, hint: str):
+    """Import ``module`` or raise ZooSkip naming the pip command in ``hint``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ZooSkip(f"skipped: install {hint}") from e
+
+
+def cache_dir(*parts: str) -> Path:
+    """Folder for models the zoo builds or extracts: $FP8ONNX_CACHE or ~/.cache/fp8onnx/zoo."""
+    root = os.environ.get("FP8ONNX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fp8onnx", "zoo")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_bytes(model: ModelLike) -> bytes:
+    """Serialized bytes of a ModelProto, bytes or a path to an .onnx file."""
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    return Path(model).read_bytes()
+
+
+def ort_session(model: bytes):
+    """The default session factory: an onnxruntime CPU InferenceSession."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def relative_loss(metric_fp32: float, metric_q: float) -> float:
+    """(metric_fp32 - metric_q) / metric_fp32: the paper's accuracy-loss criterion."""
+    if metric_fp32 == 0:
+        raise ValueError("relative_loss: FP32 metric is 0, the relative loss is undefined")
+    return (metric_fp32 - metric_q) / metric_fp32
+
+
+class ZooEntry:
+    """One real model with real data and a task metric (higher is better).
+
+    Subclasses set the class attributes and implement ``_load``, ``calib_feeds``,
+    ``eval_feeds`` and ``_evaluate``. ``requires`` lists (module, pip hint) pairs checked
+    before anything runs, so a missing package gives ZooSkip, never a silent pass.
+    """
+
+    name: str = ""
+    domain: str = ""          # cv / nlp / audio
+    family: str = ""          # cnn / transformer / rnn / mlp
+    source: str = ""          # where the weights come from (a package)
+    install_hint: str = ""    # pip command that makes the entry available ("" = bundled)
+    metric_name: str = ""
+    default_eval_n: int = 32
+    requires: tuple = ()      # ((module, hint), ...)
+
+    def __init__(self):
+        self._model: Optional[onnx.ModelProto] = None
+        self._ref_cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<zoo entry {self.name}: {self.domain}/{self.family} from {self.source}>"
+
+    def check_available(self) -> None:
+        """Raise ZooSkip if an optional package the entry needs is missing."""
+        for module, hint in self.requires:
+            require(module, hint)
+
+    def load(self) -> onnx.ModelProto:
+        """The FP32 model (a fresh copy each call, so callers may edit it)."""
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self._proto())
+        return copy
+
+    def io_names(self):
+        """(first non-initializer input name, first output name) of the FP32 model."""
+        model = self._proto()
+        inits = {i.name for i in model.graph.initializer}
+        inp = next(i.name for i in model.graph.input if i.name not in inits)
+        return inp, model.graph.output[0].name
+
+    def _proto(self) -> onnx.ModelProto:
+        """The cached FP32 model, shared: never hand it out for editing."""
+        self.check_available()
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def calib_feeds(self, n: int) -> Iterator[Feeds]:
+        """Up to ``n`` feed dicts of real calibration data (disjoint from eval)."""
+        raise NotImplementedError
+
+    def eval_feeds(self, n: int) -> Iterator[Feeds]:
+        """Up to ``n`` feed dicts of the held-out evaluation split."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Optional[ModelLike] = None, *, n: Optional[int] = None,
+                 session_factory: Optional[SessionFactory] = None) -> float:
+        """Task metric of ``model`` (default: the FP32 model) on ``n`` eval samples.
+
+        ``session_factory(model_bytes)`` must return an object with
+        ``.run(output_names, feeds)``; it defaults to onnxruntime on CPU.
+        """
+        self.check_available()
+        n = self.default_eval_n if n is None else int(n)
+        if n <= 0:
+            raise ValueError(f"evaluate: n must be positive, got {n}")
+        data = model_bytes(self._proto() if model is None else model)
+        session = (session_factory or ort_session)(data)
+        return float(self._evaluate(session, n))
+
+    def _load(self) -> onnx.ModelProto:
+        raise NotImplementedError
+
+    def _evaluate(self, session, n: int) -> float:
+        raise NotImplementedError
+
+    def _fp32_reference(self, key, compute: Callable[[Any], Any]):
+        """``compute(fp32_session)`` once per key: FP32 outputs that agreement metrics compare to."""
+        if key not in self._ref_cache:
+            self._ref_cache[key] = compute(ort_session(model_bytes(self._proto())))
+        return self._ref_cache[key]
