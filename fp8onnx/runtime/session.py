@@ -1,0 +1,276 @@
+"""``InferenceSession``: an ONNX Runtime session that also runs the ``ai.fp8onnx`` ops.
+
+Built on ONNX Runtime's C API (see _capi.py for why), with the same ``run``,
+``get_inputs``, ``get_outputs``, ``get_modelmeta`` and ``get_providers`` as
+``onnxruntime.InferenceSession``. Inputs are passed to ONNX Runtime without a copy and
+outputs come back as numpy arrays over ONNX Runtime's own buffers (no copy either; the
+buffer is released when the array is). ``run`` releases the GIL, so threads may run one
+session at the same time.
+
+>>> import numpy as np, onnx
+>>> from onnx import helper, TensorProto as T
+>>> from fp8onnx.runtime import InferenceSession, ops
+>>> node = ops.make_fake_quant_node("x", "s", "y", format="e4m3")
+>>> graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+...     [helper.make_tensor_value_info("y", T.FLOAT, [2])], [helper.make_tensor("s", T.FLOAT, [], [1.0])])
+>>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
+>>> InferenceSession(model).run(None, {"x": np.array([0.3, 500.0], np.float32)})[0]
+array([  0.3125, 448.    ], dtype=float32)
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import c_char_p, c_int, c_int64, c_size_t, c_void_p
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import _capi, _customops
+
+__all__ = ["InferenceSession", "NodeArg", "ModelMetadata"]
+
+# ONNXTensorElementDataType <-> numpy / onnxruntime's type strings.
+_ELEMENT = {1: ("float", np.float32), 2: ("uint8", np.uint8), 3: ("int8", np.int8),
+            4: ("uint16", np.uint16), 5: ("int16", np.int16), 6: ("int32", np.int32),
+            7: ("int64", np.int64), 8: ("string", None), 9: ("bool", np.bool_),
+            10: ("float16", np.float16), 11: ("double", np.float64), 12: ("uint32", np.uint32),
+            13: ("uint64", np.uint64), 16: ("bfloat16", None), 17: ("float8e4m3fn", None),
+            18: ("float8e4m3fnuz", None), 19: ("float8e5m2", None), 20: ("float8e5m2fnuz", None)}
+_FROM_NUMPY = {np.dtype(t): code for code, (_, t) in _ELEMENT.items() if t is not None}
+_ONNX_TYPES = {0: "unknown", 1: "tensor", 2: "seq", 3: "map", 4: "opaque", 5: "sparse_tensor",
+               6: "optional"}
+_OPT_LEVELS = {"ORT_DISABLE_ALL": 0, "ORT_ENABLE_BASIC": 1, "ORT_ENABLE_EXTENDED": 2,
+               "ORT_ENABLE_LAYOUT": 3, "ORT_ENABLE_ALL": 99}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output: ``name``, ``type`` ('tensor(float)'), ``shape`` (ints, str or None)."""
+
+    name: str
+    type: str
+    shape: list
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ``get_modelmeta()`` returns, as in onnxruntime."""
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict = field(default_factory=dict)
+
+
+class _OutputBuffer:
+    """Owns one ONNX Runtime output value; numpy arrays made from it keep it alive."""
+
+    __slots__ = ("__array_interface__", "_value", "_release")
+
+    def __init__(self, api, value, data, shape, dtype):
+        self._value = value
+        self._release = api.ReleaseValue
+        self.__array_interface__ = {"data": (data or 0, False), "shape": tuple(shape),
+                                    "typestr": np.dtype(dtype).str, "version": 3}
+
+    def __del__(self):
+        release, self._release = self._release, None
+        if release is not None and self._value:
+            release(self._value)
+
+
+class InferenceSession:
+    """Run an ONNX model with the fp8onnx custom ops registered (CPU).
+
+    ``model_or_path``: a path, serialized bytes or an ``onnx.ModelProto``.
+    ``sess_options``: an ``onnxruntime.SessionOptions``; its thread counts, execution
+    mode, graph optimization level, log level, memory-arena and memory-pattern settings
+    are applied. ``providers``: only ``CPUExecutionProvider`` (the custom ops are CPU).
+    Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
+    when the model or the inputs are at fault), with ONNX Runtime's message.
+    """
+
+    def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
+                 **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        for p in providers or ():
+            name = p[0] if isinstance(p, tuple) else p
+            if name != "CPUExecutionProvider":
+                raise ValueError(f"provider {name!r} is not supported: fp8onnx's custom ops run on "
+                                 f"CPU; pass providers=['CPUExecutionProvider'] or None")
+        self._api = api = _capi.api()
+        self._domain = _customops.domain()  # keeps the op structures alive with the session
+        self._session = None
+        options = api.out(api.CreateSessionOptions)
+        try:
+            self._apply_options(options, sess_options)
+            api.check(api.AddCustomOpDomain(options, self._domain.handle))
+            self._session = self._create(options, model_or_path)
+        finally:
+            api.ReleaseSessionOptions(options)
+        self._inputs = self._args(api.SessionGetInputCount, api.SessionGetInputName,
+                                  api.SessionGetInputTypeInfo)
+        self._outputs = self._args(api.SessionGetOutputCount, api.SessionGetOutputName,
+                                   api.SessionGetOutputTypeInfo)
+        self._output_names = [a.name for a in self._outputs]
+
+    # -- creation ------------------------------------------------------------------------
+    def _apply_options(self, options, so):
+        api = self._api
+        if so is None:
+            return
+        api.check(api.SetIntraOpNumThreads(options, int(so.intra_op_num_threads)))
+        api.check(api.SetInterOpNumThreads(options, int(so.inter_op_num_threads)))
+        api.check(api.SetSessionExecutionMode(options, int(getattr(so.execution_mode, "value",
+                                                                   so.execution_mode))))
+        level = so.graph_optimization_level
+        api.check(api.SetSessionGraphOptimizationLevel(
+            options, _OPT_LEVELS.get(getattr(level, "name", ""), int(getattr(level, "value", 99)))))
+        api.check(api.SetSessionLogSeverityLevel(options, int(so.log_severity_level)))
+        if not so.enable_cpu_mem_arena:
+            api.check(api.DisableCpuMemArena(options))
+        if not so.enable_mem_pattern:
+            api.check(api.DisableMemPattern(options))
+
+    def _create(self, options, model):
+        api = self._api
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data = bytes(model)
+            return api.out(api.CreateSessionFromArray, api.env, data, len(data), options)
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise _capi.OrtUserError(f"model file {path!r} does not exist: pass an existing "
+                                     f".onnx path, bytes or an onnx.ModelProto", code="NO_SUCHFILE")
+        # ORTCHAR_T is wchar_t on Windows and char elsewhere.
+        c_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
+        return api.out(api.CreateSession, api.env, c_path, options)
+
+    def _args(self, count_fn, name_fn, type_fn):
+        api, sess = self._api, self._session
+        n = api.out(count_fn, sess, ctype=c_size_t)
+        args = []
+        for i in range(n):
+            name = api.take_string(api.out(name_fn, sess, i, api.allocator))
+            type_info = api.out(type_fn, sess, i)
+            try:
+                args.append(NodeArg(name, *self._describe(type_info)))
+            finally:
+                api.ReleaseTypeInfo(type_info)
+        return args
+
+    def _describe(self, type_info):
+        api = self._api
+        kind = api.out(api.GetOnnxTypeFromTypeInfo, type_info, ctype=c_int)
+        if kind != 1:
+            return _ONNX_TYPES.get(kind, "unknown"), []
+        info = api.out(api.CastTypeInfoToTensorInfo, type_info)  # owned by type_info
+        elem = api.out(api.GetTensorElementType, info, ctype=c_int)
+        rank = api.out(api.GetDimensionsCount, info, ctype=c_size_t)
+        dims = (c_int64 * rank)()
+        syms = (c_char_p * rank)()
+        api.check(api.GetDimensions(info, dims, rank))
+        api.check(api.GetSymbolicDimensions(info, syms, rank))
+        shape = [d if d >= 0 else ((s.decode() or None) if s else None) for d, s in zip(dims, syms)]
+        return f"tensor({_ELEMENT.get(elem, (str(elem),))[0]})", shape
+
+    # -- onnxruntime.InferenceSession's interface ------------------------------------------
+    def get_inputs(self):
+        return list(self._inputs)
+
+    def get_outputs(self):
+        return list(self._outputs)
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        api = self._api
+        md = api.out(api.SessionGetModelMetadata, self._session)
+        try:
+            def text(fn):
+                return api.take_string(api.out(fn, md, api.allocator))
+
+            keys_p, nkeys = ctypes.POINTER(c_void_p)(), c_int64(0)
+            api.check(api.ModelMetadataGetCustomMetadataMapKeys(md, api.allocator,
+                                                                 ctypes.byref(keys_p), ctypes.byref(nkeys)))
+            custom = {}
+            if keys_p:
+                keys = [api.take_string(keys_p[i]) for i in range(nkeys.value)]
+                api.check(api.AllocatorFree(api.allocator, ctypes.cast(keys_p, c_void_p)))
+                for k in keys:
+                    custom[k] = api.take_string(api.out(api.ModelMetadataLookupCustomMetadataMap,
+                                                        md, api.allocator, k.encode()))
+            return ModelMetadata(
+                text(api.ModelMetadataGetProducerName), text(api.ModelMetadataGetGraphName),
+                text(api.ModelMetadataGetDomain), text(api.ModelMetadataGetDescription),
+                text(api.ModelMetadataGetGraphDescription),
+                api.out(api.ModelMetadataGetVersion, md, ctype=c_int64), custom)
+        finally:
+            api.ReleaseModelMetadata(md)
+
+    def run(self, output_names, input_feed, run_options=None):
+        """Outputs named by ``output_names`` (all when None) for the ``input_feed`` dict."""
+        if run_options is not None:
+            raise ValueError("run_options are not supported by fp8onnx.runtime: pass None")
+        api = self._api
+        names = list(output_names) if output_names else self._output_names
+        arrays, values = [], []
+        try:
+            for name, value in input_feed.items():
+                arr = np.ascontiguousarray(value)
+                code = _FROM_NUMPY.get(arr.dtype)
+                if code is None:
+                    raise ValueError(f"input {name!r} has dtype {arr.dtype}, which fp8onnx.runtime "
+                                     f"cannot pass; convert it to the model's input type")
+                shape = (c_int64 * arr.ndim)(*arr.shape)
+                arrays.append(arr)
+                values.append(api.out(api.CreateTensorWithDataAsOrtValue, api.cpu_memory_info,
+                                      arr.ctypes.data, arr.nbytes, shape, arr.ndim, code))
+            in_names = (c_char_p * len(values))(*[k.encode() for k in input_feed])
+            out_names = (c_char_p * len(names))(*[k.encode() for k in names])
+            in_values = (c_void_p * len(values))(*values)
+            out_values = (c_void_p * len(names))()
+            api.check(api.Run(self._session, None, in_names, in_values, len(values),
+                              out_names, len(names), out_values))
+        finally:
+            for v in values:
+                api.ReleaseValue(v)
+        return [self._to_numpy(v) for v in out_values]
+
+    def _to_numpy(self, value):
+        api = self._api
+        kind = api.out(api.GetValueType, value, ctype=c_int)
+        info = api.out(api.GetTensorTypeAndShape, value) if kind == 1 else None
+        try:
+            if info is None:
+                raise _capi.OrtError(f"output of type {_ONNX_TYPES.get(kind)} is not supported "
+                                     f"by fp8onnx.runtime (tensors only)", code="NOT_IMPLEMENTED")
+            elem = api.out(api.GetTensorElementType, info, ctype=c_int)
+            dtype = _ELEMENT.get(elem, (None, None))[1]
+            if dtype is None:
+                raise _capi.OrtError(f"output element type {_ELEMENT.get(elem, (elem,))[0]} is not "
+                                     f"supported by fp8onnx.runtime", code="NOT_IMPLEMENTED")
+            rank = api.out(api.GetDimensionsCount, info, ctype=c_size_t)
+            dims = (c_int64 * rank)()
+            api.check(api.GetDimensions(info, dims, rank))
+            data = api.out(api.GetTensorMutableData, value)
+        except Exception:
+            api.ReleaseValue(value)
+            raise
+        finally:
+            if info:
+                api.ReleaseTensorTypeAndShapeInfo(info)
+        return np.asarray(_OutputBuffer(api, value, data, list(dims), dtype))
+
+    def __del__(self):
+        session, self._session = getattr(self, "_session", None), None
+        if session:
+            self._api.ReleaseSession(session)
