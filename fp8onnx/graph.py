@@ -266,3 +266,50 @@ def set_metadata(model: onnx.ModelProto, key: str, value: str) -> bool:
             return True
     model.metadata_props.add(key=key, value=value)
     return True
+
+
+DETACHED_LOCATION = "<fp8onnx-detached>"
+
+
+def detach_tensor_data(model: onnx.ModelProto, min_bytes: int) -> Dict[str, bytes]:
+    """Moves the ``raw_data`` of initializers of at least ``min_bytes`` out of the model.
+
+    The tensors keep name, type and dims and are marked as external data at a location
+    that does not exist, so tools that need only shapes (shape inference, the version
+    converter) can serialise a small model, even one over protobuf's 2 GB limit. Every
+    graph is visited; a name used by initializers in two graphs stays inline. Put the
+    data back with :func:`attach_tensor_data`, also into a model those tools returned.
+    """
+    counts: Dict[str, int] = defaultdict(int)
+    for g in iter_graphs(model.graph):
+        for t in g.initializer:
+            counts[t.name] += 1
+    stash: Dict[str, bytes] = {}
+    for g in iter_graphs(model.graph):
+        for t in g.initializer:
+            if counts[t.name] != 1 or not t.HasField("raw_data") or len(t.raw_data) < min_bytes:
+                continue
+            stash[t.name] = t.raw_data
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.add(key="location", value=DETACHED_LOCATION)
+    return stash
+
+
+def attach_tensor_data(model: onnx.ModelProto, stash: Dict[str, bytes]) -> None:
+    """Puts back data moved out by :func:`detach_tensor_data` (matched by tensor name).
+
+    Raises ValueError naming a detached tensor that is no longer in the model.
+    """
+    found = set()
+    for g in iter_graphs(model.graph):
+        for t in g.initializer:
+            if t.name in stash and any(e.key == "location" and e.value == DETACHED_LOCATION for e in t.external_data):
+                del t.external_data[:]
+                t.ClearField("data_location")
+                t.raw_data = stash[t.name]
+                found.add(t.name)
+    missing = set(stash) - found
+    if missing:
+        raise ValueError(f"detached tensors no longer in the model: {sorted(missing)[:5]}")

@@ -1,0 +1,23 @@
+"""The passes of the fp8onnx compiler, one per module; installed as ``fp8onnx.passes``.
+
+Preparation passes (run in this order before quantization)::
+
+    from fp8onnx.passes import *
+    PassManager([UpgradeOpset(19), LiftConstants(), FoldConstants(), TopologicalSort(),
+                 NameNodes(), InferShapes()])(model)
+"""
+from .lift_constants import LiftConstants
+from .upgrade_opset import UpgradeOpset
+from .infer_shapes import InferShapes
+from .fold_constants import FoldConstants
+from .name_nodes import NameNodes
+from .toposort import TopologicalSort
+
+__all__ = [
+    "LiftConstants",
+    "UpgradeOpset",
+    "InferShapes",
+    "FoldConstants",
+    "NameNodes",
+    "TopologicalSort",
+]

@@ -1,0 +1,112 @@
+"""UpgradeOpset: brings the default-domain (ai.onnx) opset up to at least ``target``.
+
+FP8 Q/DQ needs opset 19 (``QuantizeLinear``/``DequantizeLinear`` with float8 types), so
+
+    opset_import {"": 12}   ->   opset_import {"": 19}   (ops rewritten by onnx.version_converter)
+
+Other domains (ai.onnx.ml, custom) are untouched. A model already at ``target`` or above
+is left alone (``modified=False``). What the converter drops is put back: metadata_props,
+producer name/version, domain, model version and doc strings. Model-local functions are
+inlined first (the converter does not upgrade them). Above ``detach_bytes`` of tensor
+data, weights are detached while converting so the model serialises under protobuf's 2 GB
+limit (no adapter reads large initializers); they are re-attached by name after.
+
+Where the converter fails, raises UserError naming the model's opset, the target, the
+converter's reason, and the fix (re-export with opset >= target).
+
+Example::
+
+    UpgradeOpset(target=19)(model).modified   # True when the opset was raised
+"""
+from __future__ import annotations
+
+import logging
+
+import onnx
+from onnx import version_converter
+
+from fp8onnx import graph as G
+from fp8onnx import modelio
+from fp8onnx.errors import UserError
+from fp8onnx.passinfra import Pass, PassResult
+
+__all__ = ["UpgradeOpset", "default_opset"]
+
+log = logging.getLogger("fp8onnx.passes")
+
+_KEPT_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version (1 when it imports none, as the spec says)."""
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return 1
+
+
+class UpgradeOpset(Pass):
+    """Converts the model to default-domain opset ``target`` when it is below it."""
+
+    def __init__(self, target: int = 19, *, detach_bytes: int = 1_000_000_000) -> None:
+        super().__init__()
+        self.target = target
+        self.detach_bytes = detach_bytes
+
+    def call(self, model):
+        current = default_opset(model)
+        if current >= self.target:
+            return PassResult(model, False)
+        kept = {f: getattr(model, f) for f in _KEPT_FIELDS}
+        metadata = [(p.key, p.value) for p in model.metadata_props]
+        graph_doc = model.graph.doc_string
+        ir_version = model.ir_version
+        if len(model.functions):
+            from onnx import inliner
+
+            log.info("inlining %d model-local functions before the opset upgrade", len(model.functions))
+            model.CopyFrom(inliner.inline_local_functions(model))
+        stash = {}
+        if modelio.tensor_bytes(model) > self.detach_bytes:
+            stash = G.detach_tensor_data(model, 1 << 20)
+        try:
+            converted = version_converter.convert_version(model, self.target)
+        except Exception as e:
+            if stash:
+                G.attach_tensor_data(model, stash)
+            reason = _short(str(e))
+            raise UserError(
+                f"cannot upgrade the model from ONNX opset {current} to opset {self.target} "
+                f"(version converter: {reason}); re-export the model with opset >= {self.target} "
+                f"from its framework, e.g. torch.onnx.export(..., opset_version={self.target})"
+            ) from e
+        model.CopyFrom(converted)
+        del converted
+        if stash:
+            G.attach_tensor_data(model, stash)
+        for f, v in kept.items():
+            setattr(model, f, v)
+        del model.metadata_props[:]
+        for k, v in metadata:
+            model.metadata_props.add(key=k, value=v)
+        model.graph.doc_string = graph_doc
+        # The converter leaves ir_version as it was; an opset needs a minimum IR version
+        # (opset 19 -> IR 9) for runtimes to accept the model.
+        model.ir_version = max(ir_version, _min_ir_version(self.target))
+        log.info("upgraded opset %d -> %d", current, default_opset(model))
+        return PassResult(model, True)
+
+
+def _min_ir_version(opset: int) -> int:
+    for (domain, ops), ir in sorted(onnx.helper.OP_SET_ID_VERSION_MAP.items(), key=lambda kv: kv[1]):
+        if domain in ("", "ai.onnx") and ops >= opset:
+            return ir
+    return onnx.IR_VERSION
+
+
+def _short(message: str, limit: int = 160) -> str:
+    """The converter's reason on one line, without its C++ source locations."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    text = " ".join(lines) or "unknown error"
+    text = text.replace("[ONNXRuntimeError]", "").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
