@@ -1,0 +1,152 @@
+"""The public entry point: ``fp8onnx.compile(model, recipe=..., calibration=...)``.
+
+It copies the user's model once, prepares the copy (constants lifted, opset raised,
+weight-only subgraphs folded, shapes inferred, names made unique, nodes sorted), plans
+which units become FP8, calibrates activation ranges on the float model, inserts the
+Q/DQ nodes and writes the recipe into ``metadata_props``. The user's model and files are
+never modified.
+
+>>> import fp8onnx
+>>> q = fp8onnx.compile("models/digits_cnn.onnx", calibration="models/data/digits_calib.npz",
+...                     format="e4m3")                                     # doctest: +SKIP
+>>> result = fp8onnx.api.compile_model("model.onnx", calibration="random")  # doctest: +SKIP
+>>> result.report["summary"]["quantized_by_op"]                             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import onnx
+
+from . import calibration as _calib
+from . import formats as _formats
+from . import modelio
+from .errors import UserError
+from .passinfra import DumpAfter, PassManager, Timing
+from .planner import Plan, plan_quantization
+from .recipe import Recipe
+from .report import build_report
+
+__all__ = ["compile", "compile_model", "CompileResult", "prepare", "make_recipe"]
+
+log = logging.getLogger("fp8onnx")
+
+
+@dataclass
+class CompileResult:
+    model: onnx.ModelProto
+    plan: Plan
+    report: dict
+
+
+def make_recipe(recipe: Union[None, str, dict, Recipe] = None, **options) -> Recipe:
+    """A validated Recipe from a path, dict or Recipe, with keyword options on top."""
+    if isinstance(recipe, Recipe):
+        base = recipe.to_dict()
+    elif isinstance(recipe, str):
+        base = Recipe.load(recipe).to_dict()
+    elif isinstance(recipe, dict):
+        base = Recipe.from_dict(recipe).to_dict()
+    elif recipe is None:
+        base = {}
+    else:
+        raise UserError(f"recipe must be a path, dict or Recipe, not {type(recipe).__name__}")
+    fmt = options.pop("format", None)
+    if fmt is not None:
+        base["weight_format"] = base["activation_format"] = fmt
+    base.update({k: v for k, v in options.items() if v is not None})
+    return Recipe.from_dict(base)
+
+
+def prepare(model: onnx.ModelProto, *, opset: int = 19, instruments=(), skip=()) -> onnx.ModelProto:
+    """The preparation pipeline, in place on ``model``; returns the prepared model."""
+    from .passes import (FoldConstants, InferShapes, LiftConstants, NameNodes, TopologicalSort,
+                         UpgradeOpset)
+
+    pm = PassManager([LiftConstants(), UpgradeOpset(target=opset), FoldConstants(), InferShapes(),
+                      NameNodes(), TopologicalSort()], instruments=instruments, skip=skip, name="prepare")
+    return pm(model).model
+
+
+def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int] = None,
+                  batch_size: int = 1, calib_cache: Optional[str] = None, dump_dir: Optional[str] = None,
+                  skip=(), **options) -> CompileResult:
+    """Compile and also return the plan and the report (what the CLI prints)."""
+    from .passes import Annotate, InsertQDQ, TopologicalSort
+
+    t0 = time.perf_counter()
+    recipe = make_recipe(recipe, **options)
+    source = modelio.load_model(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(source)  # the only copy: every pass after this edits ``work`` in place
+    timing = Timing()
+    instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
+    work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip)
+    plan = plan_quantization(work, recipe)
+
+    amax = {}
+    tensors = plan.activation_tensors()
+    calib_seconds = 0.0
+    if tensors:
+        if calibration is None:
+            raise UserError(
+                "calibration data is needed for activation scales: pass --calib data.npz (input names "
+                "as keys), --calib DIR (one .npz feed per file) or --calib random (no real data: poor accuracy)")
+        tc = time.perf_counter()
+        src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
+        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache)
+        calib_seconds = time.perf_counter() - tc
+        amax = _activation_ranges(plan, stats, recipe)
+
+    pm = PassManager([InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate), Annotate(recipe),
+                      TopologicalSort()], instruments=instruments, skip=skip, name="quantize")
+    insert = pm.passes[0]
+    work = pm(work).model
+    _check(work)
+    report = build_report(work, source, plan, insert.inserted, recipe, timing.records,
+                          calib_seconds=calib_seconds, total_seconds=time.perf_counter() - t0)
+    return CompileResult(work, plan, report)
+
+
+def compile(model, *, recipe=None, calibration=None, **kwargs) -> onnx.ModelProto:
+    """Compile ``model`` (a path or ModelProto) to FP8; returns a new ModelProto.
+
+    ``recipe``: a Recipe, a dict or a JSON path; keyword options (``format``,
+    ``weight_format``, ``activation_format``, ``scheme``, ``emit``, ``calib_method``,
+    ``exclude``, ``keep_first_last``, ``opset``...) override its fields.
+    ``calibration``: a .npz path, a directory of .npz feeds, ``"random"``, an iterable
+    of feed dicts or an onnxruntime CalibrationDataReader. ``samples`` caps how many
+    samples are used; ``batch_size`` groups .npz samples; ``calib_cache`` saves and
+    reuses statistics.
+    """
+    return compile_model(model, recipe=recipe, calibration=calibration, **kwargs).model
+
+
+def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe) -> dict:
+    """amax per (tensor, format) by the recipe's range method; unobserved tensors stay float."""
+    amax = {}
+    for d in plan.units:
+        kept = []
+        for use in d.activation_uses:
+            st = stats.get(use.tensor)
+            if st is None or not getattr(st, "count", 0):
+                d.notes.append(f"activation {use.tensor!r} kept float: calibration could not observe it")
+                continue
+            key = (use.tensor, d.activation_format)
+            if key not in amax:
+                amax[key] = float(_calib.choose_amax(st, recipe.calib_method, _formats.get(d.activation_format),
+                                                     percentile=recipe.percentile))
+            kept.append(use)
+        d.activation_uses[:] = kept
+    return amax
+
+
+def _check(model: onnx.ModelProto) -> None:
+    from .runtime import ops
+
+    ops.register_onnx_schemas()
+    if model.ByteSize() < 2_000_000_000:
+        onnx.checker.check_model(model, full_check=True)

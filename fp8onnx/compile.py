@@ -1,0 +1,121 @@
+"""``python -m fp8onnx.compile INPUT.onnx -o OUTPUT.onnx [options]``: a thin shell over the API.
+
+Exit codes: 0 success, 2 bad input or usage (one ``error: ...`` line naming the problem
+and the fix; ``--debug`` shows the traceback), 1 an internal failure. The output file
+appears only when everything succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+
+from . import formats as _formats
+from . import schemes as _schemes
+from .errors import Fp8OnnxError, UserError
+from .recipe import CALIB_METHODS, EMIT_MODES
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, as for every other bad input
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmts = list(_formats.names())
+    p = _Parser(prog="python -m fp8onnx.compile",
+                description="Quantize an FP32 ONNX model to FP8 (E4M3, E5M2, E3M4, FNUZ) or INT8.")
+    p.add_argument("input", help="FP32 ONNX model")
+    p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    p.add_argument("--format", choices=fmts, help="format of weights and activations (default e4m3)")
+    p.add_argument("--weight-format", choices=fmts, help="format of weights (mixed formats)")
+    p.add_argument("--activation-format", choices=fmts, help="format of activations (mixed formats)")
+    p.add_argument("--scheme", choices=list(_schemes.names()), help="operator scheme (default standard)")
+    p.add_argument("--calib", help="calibration data: data.npz, a directory of .npz feeds, or 'random'")
+    p.add_argument("--samples", type=int, help="use at most N calibration samples")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per run for .npz data (default 1)")
+    p.add_argument("--calib-method", choices=list(CALIB_METHODS), help="activation range method (default max)")
+    p.add_argument("--percentile", type=float, help="percentile for --calib-method percentile (default 99.99)")
+    p.add_argument("--calib-cache", help="save statistics here and reuse them on the next compile")
+    p.add_argument("--emit", choices=list(EMIT_MODES),
+                   help="auto: ONNX Q/DQ where ONNX has the type, fp8onnx ops otherwise (default)")
+    p.add_argument("--exclude", nargs="+", metavar="REGEX", help="keep nodes whose name matches in float")
+    p.add_argument("--keep-first-last", action="store_true", default=None,
+                   help="keep the first and last weighted layers in float")
+    p.add_argument("--recipe", help="recipe JSON (per-op-type and per-node overrides); options given here win")
+    p.add_argument("--report", help="write the JSON report of every decision here")
+    p.add_argument("--opset", type=int, help="target opset (default 19, the first with FP8 Q/DQ)")
+    p.add_argument("--external-data", action="store_true", default=None,
+                   help="store weights in OUTPUT.data beside the model (automatic above 2 GB)")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks, log every pass, dump the model after each pass next to OUTPUT")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Fp8OnnxError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e} (rerun with --debug for details and report it)", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    from . import api, modelio
+    from .report import summary_text
+
+    if args.samples is not None and args.samples < 1:
+        raise UserError(f"--samples {args.samples}: give a positive number of samples")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: give a positive batch size")
+    modelio.check_output_path(args.output, input_path=args.input)
+    if args.report:
+        modelio.check_output_path(args.report, input_path=args.input)
+    options = dict(
+        format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
+        scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
+        exclude=args.exclude, keep_first_last=args.keep_first_last, opset=args.opset,
+    )
+    dump_dir = os.path.splitext(args.output)[0] + "_passes" if args.debug else None
+    result = api.compile_model(args.input, recipe=args.recipe, calibration=args.calib, samples=args.samples,
+                               batch_size=args.batch_size, calib_cache=args.calib_cache, dump_dir=dump_dir,
+                               **options)
+    modelio.save_model(result.model, args.output, external_data=args.external_data, input_path=args.input)
+    if args.report:
+        _write_json(args.report, result.report)
+    print(summary_text(result.report, args.output, _file_bytes(args.output)))
+    return 0
+
+
+def _file_bytes(path: str) -> int:
+    total = os.path.getsize(path)
+    data = path + ".data"
+    return total + (os.path.getsize(data) if os.path.exists(data) else 0)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

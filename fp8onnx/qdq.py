@@ -1,0 +1,129 @@
+"""Building Q/DQ nodes and FP8 initializers, in the two emission styles.
+
+- ``qdq``: ONNX QuantizeLinear/DequantizeLinear with the FP8 (or INT8) element types,
+  which onnxruntime and TensorRT run. Weights are stored as FP8 initializers behind a
+  per-channel DequantizeLinear, so the file shrinks about 4x.
+- ``emulate``: the ``ai.fp8onnx`` custom ops, for formats ONNX has no type for (E3M4) or
+  for speed on the CPU: weights as uint8 codes behind ``Dequantize``, activations
+  through one fused ``FakeQuant``.
+
+Every builder returns a :class:`Built` (nodes, initializers, output tensor name) and
+never touches a graph; :mod:`fp8onnx.passes.insert_qdq` places them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import formats as _formats
+from . import kernels
+from .graph import NameAllocator
+from .runtime import ops
+
+__all__ = ["Built", "emits_native", "weight_scales", "build_weight", "build_activation", "zero_point"]
+
+
+@dataclass
+class Built:
+    output: str
+    nodes: List[onnx.NodeProto] = field(default_factory=list)
+    initializers: List[onnx.TensorProto] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def emits_native(fmt: _formats.Format, emit: str) -> bool:
+    """Whether ``fmt`` is emitted as ONNX Q/DQ (True) or as fp8onnx custom ops (False)."""
+    if emit == "emulate":
+        return False
+    if fmt.onnx_type is None:
+        if emit == "qdq":
+            raise ValueError(f"format {fmt.name} has no ONNX type: use --emit auto or emulate")
+        return False
+    return True
+
+
+def _fmt_short(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int):
+    """Per-channel (amax, scale) of a weight; all-zero channels get scale 1, never 0."""
+    amax = np.asarray(kernels.amax(np.ascontiguousarray(w, dtype=np.float32), axis=axis), dtype=np.float32)
+    scale = fmt.scale_for(amax)
+    scale = np.where((scale > 0) & np.isfinite(scale), scale, np.float32(1.0)).astype(np.float32)
+    return amax, scale
+
+
+def zero_point(fmt: _formats.Format, name: str) -> onnx.TensorProto:
+    """A scalar zero point whose element type tells QuantizeLinear the output type."""
+    t = TensorProto()
+    t.name = name
+    t.data_type = fmt.onnx_type
+    t.raw_data = b"\x00"
+    return t
+
+
+def _codes_tensor(name, codes: np.ndarray, data_type: int) -> onnx.TensorProto:
+    t = TensorProto()
+    t.name = name
+    t.data_type = data_type
+    t.dims.extend(codes.shape)
+    t.raw_data = np.ascontiguousarray(codes).view(np.uint8).tobytes()
+    return t
+
+
+def build_weight(names: NameAllocator, tensor: str, w: np.ndarray, fmt: _formats.Format,
+                 axis: int, emit: str, saturate: bool = True) -> Built:
+    """``W -> DQ(Wq, scale[axis])``: codes stored per output channel."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    amax, scale = weight_scales(w, fmt, axis)
+    codes = fmt.quantize(w, scale, axis=axis, saturate=saturate)
+    native = emits_native(fmt, emit)
+    q_name = names.fresh(f"{tensor}_{fmt.name}")
+    s_name = names.fresh(f"{tensor}_scale")
+    out = names.fresh(f"{tensor}_dq")
+    node_name = names.fresh(f"{tensor}_dq")
+    doc = (f"fp8onnx: weight {tensor!r} per-channel {fmt.name} on axis {axis}; "
+           f"amax max {_fmt_short(float(amax.max()))}, scale range "
+           f"[{_fmt_short(float(scale.min()))}, {_fmt_short(float(scale.max()))}]")
+    inits = [
+        _codes_tensor(q_name, codes, fmt.onnx_type if native else TensorProto.UINT8),
+        onnx.numpy_helper.from_array(scale, s_name),
+    ]
+    if native:
+        node = helper.make_node("DequantizeLinear", [q_name, s_name], [out], name=node_name, axis=axis)
+    else:
+        node = ops.make_dequantize_node(q_name, s_name, out, format=fmt.name, axis=axis, name=node_name)
+    node.doc_string = doc
+    return Built(out, [node], inits, {"amax": float(amax.max()), "channels": int(scale.size),
+                                      "axis": axis, "native": native})
+
+
+def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, amax: float, emit: str,
+                     zp_name: str, saturate: bool = True) -> Built:
+    """``x -> DQ(Q(x, scale))`` per tensor, or one fused FakeQuant when emulating."""
+    scale = np.asarray(fmt.scale_for(np.float32(amax)), dtype=np.float32).reshape(())
+    native = emits_native(fmt, emit)
+    s_name = names.fresh(f"{tensor}_scale")
+    doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}; amax {_fmt_short(amax)}, scale {_fmt_short(float(scale))}"
+    inits = [onnx.numpy_helper.from_array(scale, s_name)]
+    if native:
+        q_out, dq_out = names.fresh(f"{tensor}_q"), names.fresh(f"{tensor}_dq")
+        q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
+        q = helper.make_node("QuantizeLinear", [tensor, s_name, zp_name], [q_out],
+                             name=names.fresh(f"{tensor}_q"), **q_attrs)
+        dq = helper.make_node("DequantizeLinear", [q_out, s_name, zp_name], [dq_out],
+                              name=names.fresh(f"{tensor}_dq"))
+        q.doc_string = dq.doc_string = doc
+        nodes, out = [q, dq], dq_out
+    else:
+        out = names.fresh(f"{tensor}_fq")
+        fq = ops.make_fake_quant_node(tensor, s_name, out, format=fmt.name, saturate=saturate,
+                                      name=names.fresh(f"{tensor}_fq"))
+        fq.doc_string = doc
+        nodes = [fq]
+    return Built(out, nodes, inits, {"amax": float(amax), "scale": float(scale), "native": native})
