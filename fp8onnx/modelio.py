@@ -32,7 +32,7 @@ from onnx import external_data_helper
 
 from .errors import UserError
 
-__all__ = ["ModelFileError", "load_model", "save_model", "tensor_bytes", "INLINE_LIMIT"]
+__all__ = ["ModelFileError", "load_model", "save_model", "check_output_path", "tensor_bytes", "INLINE_LIMIT"]
 
 log = logging.getLogger("fp8onnx.modelio")
 
@@ -214,17 +214,7 @@ def save_model(
     was read: writing over it is refused.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ModelFileError(f"output folder {folder!r} does not exist; create it first or choose another output path")
-    if os.path.isdir(path):
-        raise ModelFileError(f"output path {path!r} is a directory; give a file name such as model_fp8.onnx")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ModelFileError(f"output folder {folder!r} is not writable; choose another output path")
-    if input_path is not None and _same_file(path, os.fspath(input_path)):
-        raise ModelFileError(
-            f"output path {path!r} is the input model; choose a different output path (the input is never overwritten)"
-        )
+    folder = check_output_path(path, input_path=input_path)
     for t in _all_tensors(model):
         if _is_external(t):
             raise ModelFileError(
@@ -244,6 +234,26 @@ def save_model(
             ) from e
         _atomic_write(folder, path, [data])
     log.info("saved model to %s%s", path, " (+ external data)" if external_data else "")
+
+
+def check_output_path(path: PathLike, *, input_path: Optional[PathLike] = None) -> str:
+    """Refuses an output path that cannot be written or is the input; returns its folder.
+
+    Callers check before long work, so a doomed compile fails in a second, not after it.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ModelFileError(f"output folder {folder!r} does not exist; create it first or choose another output path")
+    if os.path.isdir(path):
+        raise ModelFileError(f"output path {path!r} is a directory; give a file name such as model_fp8.onnx")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelFileError(f"output folder {folder!r} is not writable; choose another output path")
+    if input_path is not None and _same_file(path, os.fspath(input_path)):
+        raise ModelFileError(
+            f"output path {path!r} is the input model; choose a different output path (the input is never overwritten)"
+        )
+    return folder
 
 
 def _same_file(a: str, b: str) -> bool:
