@@ -12,6 +12,8 @@ from .infer_shapes import InferShapes
 from .fold_constants import FoldConstants
 from .name_nodes import NameNodes
 from .toposort import TopologicalSort
+from .insert_qdq import InsertQDQ
+from .annotate import Annotate
 
 __all__ = [
     "LiftConstants",
@@ -20,4 +22,6 @@ __all__ = [
     "FoldConstants",
     "NameNodes",
     "TopologicalSort",
+    "InsertQDQ",
+    "Annotate",
 ]
