@@ -33,8 +33,8 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
-from typing import Iterator, Optional
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -372,7 +372,8 @@ class _IterableSource(CalibrationSource):
     def __init__(self, items, model, samples, batch_size):
         super().__init__(model, samples, batch_size)
         self.items = items
-        self.reiterable = iter(items) is not items  # generators/iterators: one pass
+        # Iterators (generators included) are spent after one pass; other iterables are not.
+        self.reiterable = not isinstance(items, Iterator)
         if isinstance(items, (list, tuple)):
             self.num_samples = self._cap(len(items))
             if not items:
