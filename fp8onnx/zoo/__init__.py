@@ -23,6 +23,8 @@ from .base import (Feeds, ModelLike, SessionFactory, ZooEntry, ZooSkip, cache_di
                    model_bytes, ort_session, relative_loss)
 from .digits import digits_entries
 from .ocr import ocr_entries
+from .minilm import minilm_entries
+from .yolo import yolo_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss"]
@@ -31,7 +33,7 @@ __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entri
 def _registry() -> Dict[str, ZooEntry]:
     # Built on each call: entries hold caches (models, FP32 references), none is module state.
     out: Dict[str, ZooEntry] = {}
-    for entry in digits_entries() + ocr_entries():
+    for entry in digits_entries() + ocr_entries() + yolo_entries() + minilm_entries():
         out[entry.name] = entry
     return out
 

@@ -104,6 +104,7 @@ class ZooEntry:
     def __init__(self):
         self._model: Optional[onnx.ModelProto] = None
         self._ref_cache: dict = {}
+        self.last_details: dict = {}  # secondary figures of the last evaluate(), if any
 
     def __repr__(self) -> str:
         return f"<zoo entry {self.name}: {self.domain}/{self.family} from {self.source}>"
