@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 
 import onnx
 from onnx import version_converter
@@ -70,6 +71,9 @@ class UpgradeOpset(Pass):
         if modelio.tensor_bytes(model) > self.detach_bytes:
             stash = G.detach_tensor_data(model, 1 << 20)
         try:
+            unknown = _unknown_ops(model, current)
+            if unknown:
+                raise ValueError(f"op {unknown[0]!r} of the default domain has no schema at opset {current}")
             converted = version_converter.convert_version(model, self.target)
         except Exception as e:
             if stash:
@@ -105,8 +109,18 @@ def _min_ir_version(opset: int) -> int:
 
 
 def _short(message: str, limit: int = 160) -> str:
-    """The converter's reason on one line, without its C++ source locations."""
+    """The converter's reason on one line, without its C++ source location and assertion."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     text = " ".join(lines) or "unknown error"
-    text = text.replace("[ONNXRuntimeError]", "").strip()
+    text = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*(Assertion `.*?` failed:\s*)?", "", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown_ops(model: onnx.ModelProto, opset: int):
+    """Default-domain op types with no schema at ``opset`` (the converter cannot map them)."""
+    unknown = set()
+    for g in G.iter_graphs(model.graph):
+        for n in g.node:
+            if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, max_inclusive_version=opset):
+                unknown.add(n.op_type)
+    return sorted(unknown)
