@@ -38,6 +38,8 @@ ORT_OK, ORT_FAIL, ORT_INVALID_ARGUMENT = 0, 1, 2
 ERROR_NAMES = ("OK", "FAIL", "INVALID_ARGUMENT", "NO_SUCHFILE", "NO_MODEL", "ENGINE_ERROR",
                "RUNTIME_EXCEPTION", "INVALID_PROTOBUF", "MODEL_LOADED", "NOT_IMPLEMENTED",
                "INVALID_GRAPH", "EP_FAIL")
+# Every message the ai.fp8onnx kernels return starts with this (see _customops.py).
+OWN_MESSAGE_MARK = "ai.fp8onnx."
 # Codes that mean "the model or the inputs are wrong", which the user fixes.
 _USER_CODES = {2, 3, 4, 7, 10}
 
@@ -55,6 +57,7 @@ _FUNCS = {
     "CreateSessionFromArray": (8, P, [P, c_char_p, c_size_t, P, _PP]),
     "Run": (9, P, [P, P, P, P, c_size_t, P, c_size_t, P]),
     "CreateSessionOptions": (10, P, [_PP]),
+    "SetOptimizedModelFilePath": (11, P, [P, P]),
     "SetSessionExecutionMode": (13, P, [P, c_int]),
     "EnableMemPattern": (16, P, [P]),
     "DisableMemPattern": (17, P, [P]),
@@ -176,7 +179,8 @@ class Api:
         table = (c_void_p * 256).from_address(addr)
         for name, (index, restype, argtypes) in _FUNCS.items():
             setattr(self, name, ctypes.CFUNCTYPE(restype, *argtypes)(table[index]))
-        self.env = self.out(self.CreateEnv, 3, b"fp8onnx")  # 3 = ORT_LOGGING_LEVEL_ERROR
+        # ORT_LOGGING_LEVEL_FATAL: failures reach the caller as exceptions, not as logs too.
+        self.env = self.out(self.CreateEnv, 4, b"fp8onnx")
         # OrtDeviceAllocator (0), OrtMemTypeDefault (0): describes caller-owned CPU memory,
         # which is all CreateTensorWithDataAsOrtValue needs.
         self.cpu_memory_info = self.out(self.CreateCpuMemoryInfo, 0, 0)
@@ -190,6 +194,11 @@ class Api:
         message = self.GetErrorMessage(status).decode(errors="replace")
         self.ReleaseStatus(status)
         name = ERROR_NAMES[code] if 0 <= code < len(ERROR_NAMES) else str(code)
+        mark = message.find(OWN_MESSAGE_MARK)
+        if mark >= 0:
+            # One of our kernels' own messages (ONNX Runtime may wrap it, e.g. as
+            # "Exception during initialization: ..."): it names the node and the fix.
+            raise OrtUserError(message[mark:], code=name)
         cls = OrtUserError if code in _USER_CODES else OrtError
         raise cls(f"onnxruntime {name}: {message}", code=name)
 

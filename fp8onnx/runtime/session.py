@@ -124,6 +124,8 @@ class InferenceSession:
     def _apply_options(self, options, so):
         api = self._api
         if so is None:
+            # Quiet like the environment: errors come back as exceptions (see _capi).
+            api.check(api.SetSessionLogSeverityLevel(options, 4))
             return
         api.check(api.SetIntraOpNumThreads(options, int(so.intra_op_num_threads)))
         api.check(api.SetInterOpNumThreads(options, int(so.inter_op_num_threads)))
@@ -137,6 +139,10 @@ class InferenceSession:
             api.check(api.DisableCpuMemArena(options))
         if not so.enable_mem_pattern:
             api.check(api.DisableMemPattern(options))
+        if so.optimized_model_filepath:
+            path = so.optimized_model_filepath
+            self._optimized_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
+            api.check(api.SetOptimizedModelFilePath(options, self._optimized_path))
 
     def _create(self, options, model):
         api = self._api
