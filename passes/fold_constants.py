@@ -71,6 +71,8 @@ class FoldConstants(Pass):
 
     def _fold_graph(self, g: onnx.GraphProto, model: onnx.ModelProto) -> int:
         graph_outputs = {v.name for v in g.output}
+        # An initializer that is also a graph input is only a default: not constant.
+        overridable = {v.name for v in g.input}
         fed: set = set()  # inputs of folded nodes: removed at the end if nothing reads them
         failed: set = set()  # node outputs that could not be evaluated: not retried
         total = 0
@@ -79,7 +81,7 @@ class FoldConstants(Pass):
             known: Dict[str, np.ndarray] = {}
             dropped, new_inits = set(), []
             for node in g.node:
-                if not self._candidate(node, idx, graph_outputs, known, failed):
+                if not self._candidate(node, idx, graph_outputs, overridable, known, failed):
                     continue
                 inputs = [None if not i else known[i] if i in known else idx.constant(i) for i in node.input]
                 predicted = _predicted_bytes(node, inputs)
@@ -108,7 +110,7 @@ class FoldConstants(Pass):
             _remove_unread(g, fed)
         return total
 
-    def _candidate(self, node, idx, graph_outputs, known, failed) -> bool:
+    def _candidate(self, node, idx, graph_outputs, overridable, known, failed) -> bool:
         if (
             node.domain not in ("", "ai.onnx")
             or node.op_type == "Constant"
@@ -121,7 +123,7 @@ class FoldConstants(Pass):
         inputs = [i for i in node.input if i]
         if not inputs or any(o in graph_outputs for o in node.output):
             return False
-        return all(i in known or idx.is_constant(i) for i in inputs)
+        return all(i in known or (i not in overridable and idx.is_constant(i)) for i in inputs)
 
 
 def _remove_unread(g: onnx.GraphProto, names: set) -> None:
