@@ -22,7 +22,7 @@ Arrays of 1M elements or more run on all Numba threads.
 >>> kernels.quantize("e4m3", np.array([1.0, -2.0], np.float32), 1.0)
 array([ 56, 192], dtype=uint8)
 >>> kernels.amax(np.array([[1.0, -3.0], [np.nan, 2.0]], np.float32), axis=1)
-array([3., 2.], dtype=float32)
+array([1., 3.], dtype=float32)
 
 The loops live in :mod:`fp8onnx.kernels._cast` (pure Numba, callable from other Numba
 code); nothing compiles at import: each loop compiles on first use and is cached on disk.
@@ -54,10 +54,9 @@ def _parallel(n):
 
 def _as_float32(x, what="x"):
     x = np.asarray(x)
-    if x.dtype == np.float32:
-        return np.ascontiguousarray(x)
-    if x.dtype in (np.float16, np.float64):
-        return np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype in (np.float32, np.float16, np.float64):
+        # asarray(order="C") rather than ascontiguousarray, which turns 0-d into 1-d.
+        return np.asarray(x, dtype=np.float32, order="C")
     raise ValueError(
         f"{what} has dtype {x.dtype}: pass a float32 array (float16 and float64 are converted)")
 
@@ -77,7 +76,8 @@ def _scale(scale, shape, axis):
     s = np.asarray(scale)
     if s.dtype.kind not in "fiu":
         raise ValueError(f"scale has dtype {s.dtype}: pass a positive float or float array")
-    s = s.astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 scale beyond float32 becomes Inf: refused
+        s = s.astype(np.float32)
     bad = ~np.isfinite(s) | (s <= 0)
     if bad.any():
         v = s.reshape(-1)[np.argmax(bad.reshape(-1))]
@@ -102,6 +102,7 @@ def _three_d(shape, ax):
 
 
 def _out(out, shape, dtype, what="out"):
+    dtype = np.dtype(dtype)
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != tuple(shape):
@@ -170,7 +171,7 @@ def dequantize(fmt, codes, scale, axis=None, out=None):
     if codes.dtype not in ok:
         raise ValueError(f"codes have dtype {codes.dtype}: {f.name} codes are "
                          f"{' or '.join(np.dtype(d).name for d in ok)} (as quantize returns)")
-    codes = np.ascontiguousarray(codes)
+    codes = np.asarray(codes, order="C")
     s, ax = _scale(scale, codes.shape, axis)
     out = _out(out, codes.shape, np.float32)
     K = _loops()
