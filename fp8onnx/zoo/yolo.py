@@ -19,7 +19,6 @@ neither model finds anything do not dilute it; 1.0 when none finds anything)::
 """
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, List
@@ -28,11 +27,11 @@ import numpy as np
 import onnx
 
 from .base import Feeds, ZooEntry, ZooSkip, require
+from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
 
-__all__ = ["NudenetEntry", "box_f1", "skimage_photo"]
+__all__ = ["NudenetEntry", "box_f1"]
 
 HINT = "nudenet (pip install nudenet)"
-SKIMAGE_HINT = "scikit-image (pip install scikit-image)"
 SIZE = 320
 # Photos in the scikit-image wheel itself (skimage/data); split disjointly.
 EVAL_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg", "moon.png")
@@ -42,27 +41,10 @@ CALIB_PHOTOS = ("motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_fie
 MOSAICS = {"calib": (0, 16, 32, 100, 116, 132), "eval": (48, 64, 80, 148, 164, 180)}
 
 
-def _skimage_data_dir() -> Path:
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooSkip(f"skipped: install {SKIMAGE_HINT}")
-    return Path(list(spec.submodule_search_locations)[0], "data")
-
-
-def skimage_photo(filename: str) -> np.ndarray:
-    """A photo from the scikit-image wheel as RGB uint8 H x W x 3 (grey ones replicated)."""
-    from PIL import Image
-
-    path = _skimage_data_dir() / filename
-    if not path.exists():
-        raise ZooSkip(f"skipped: {path} missing; reinstall {SKIMAGE_HINT}")
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def _mosaics(split: str) -> List[np.ndarray]:
     import cv2
 
-    crops = np.load(_skimage_data_dir() / "lfw_subset.npy")
+    crops = np.load(skimage_data_dir() / "lfw_subset.npy")
     out = []
     for start in MOSAICS[split]:
         tiles = [cv2.resize((crops[start + i] * 255).astype(np.uint8), (80, 80),
