@@ -62,6 +62,25 @@ def test_e3m4_grid_matches_brute_force_decoder():
     assert format_grid("e3m4")[-1] == 30.0 and format_grid("int8")[-1] == 127.0
 
 
+@pytest.mark.parametrize("name", sorted(ML) + ["e3m4", "int8"])
+def test_rounding_to_the_format_matches_the_oracles(name):
+    from fp8onnx.calibration.methods import _round_to_format
+
+    fmt = formats.get(name)
+    rng = np.random.default_rng(7)
+    u = np.abs(rng.standard_normal(50_000)) * np.exp(rng.uniform(-14, 7, 50_000))
+    u = np.concatenate([u, format_grid(name), [0.0, 1e9]])
+    got = _round_to_format(u, fmt)
+    if name in ML:
+        want = np.minimum(u, fmt.max).astype(ML[name]).astype(np.float64)
+    elif name == "int8":
+        want = np.round(np.minimum(u, 127.0))
+    else:  # nearest of the brute-force grid (random u: no ties)
+        g = format_grid(name)
+        want = g[np.abs(np.minimum(u, 30.0)[:, None] - g[None, :]).argmin(axis=1)]
+    np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------- methods
 def test_max_is_amax():
     x = gauss_outliers()

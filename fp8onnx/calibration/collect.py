@@ -135,9 +135,11 @@ def _session(model: onnx.ModelProto, outputs: list, types: dict, providers):
         m.graph.output.append(helper.make_tensor_value_info(n, types[n], None) if n in types
                               else onnx.ValueInfoProto(name=n))
     so = ort.SessionOptions()
-    # BASIC keeps float semantics (constant folding, no fusions that change rounding);
-    # graph outputs are never removed by ORT's optimizers, so every fetch exists.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # No graph optimizations: even ORT_ENABLE_BASIC fuses Conv+BatchNorm/Add/Mul where the
+    # intermediate is not fetched, so values then depend on which tensors a run fetches
+    # (on PP-OCR cls, grouped stats differed from single-pass stats in 177 of 252 tensors
+    # at BASIC, none with optimizations off). Calibration wants the float model's own values.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
     providers = providers or ["CPUExecutionProvider"]
     if m.ByteSize() < _PROTO_LIMIT:

@@ -11,7 +11,8 @@ The scale then follows as ``amax / fmt.max``. Methods (``METHODS``):
   formed by the format's grid cells instead of 128 uniform bins.
 
 The format grid is built from the format's facts (exponent/mantissa bits, bias, max),
-so these searches do not depend on the kernels; rounding is to the nearest grid value.
+so these searches do not depend on the kernels: rounding to the grid is arithmetic on
+the binade (nearest, ties to even), checked against ml_dtypes' casts in the tests.
 The histogram locates values to one bin width (``hist_range / bins``), which bounds the
 precision of every method but ``max``.
 
@@ -42,7 +43,7 @@ METHODS = ("max", "percentile", "mse", "kl")
 #: amax used for a tensor that is all zero: any scale quantizes zero exactly, and this one
 #: leaves room should the deployed tensor not be zero after all.
 SAFE_AMAX = 1.0
-_MAX_CANDIDATES = 256  # thresholds tried by kl; mse tries every bin edge
+_MAX_CANDIDATES = 128  # thresholds tried by kl (mse: coarse to fine over bin edges)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,29 +71,45 @@ def format_grid(fmt) -> np.ndarray:
     return _grid_cached(formats.get(fmt).name)
 
 
-def _round_to_grid(u: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Nearest grid value of each u >= 0 (clipped to the grid's top)."""
-    u = np.minimum(u, grid[-1])
-    hi = np.clip(np.searchsorted(grid, u), 1, grid.size - 1)
-    lo_v, hi_v = grid[hi - 1], grid[hi]
-    return np.where(u - lo_v <= hi_v - u, lo_v, hi_v)
+def _round_to_format(u: np.ndarray, fmt) -> np.ndarray:
+    """Nearest value of ``fmt`` to each u >= 0, clipped at fmt.max (ties to even).
+
+    Arithmetic instead of a search of :func:`format_grid`: the spacing at u is
+    2^(e - man_bits) with e the binade of u, floored at the subnormal binade
+    (mse went from 32 to 1.5 ms per tensor on PP-OCR cls with this and coarse-to-fine).
+    """
+    u = np.minimum(u, fmt.max)
+    if not fmt.is_float:
+        return np.round(u)
+    _, ex = np.frexp(u)  # u = f * 2^ex, f in [0.5, 1): the binade is ex - 1
+    step = np.ldexp(1.0, np.maximum(ex - 1, 1 - fmt.bias) - fmt.man_bits)
+    return np.minimum(np.round(u / step) * step, fmt.max)
+
+
+def _mse_errors(cands, centres, counts, fmt) -> np.ndarray:
+    errs = np.empty(cands.size)
+    for i in range(0, cands.size, 64):  # 64 x nonzero-bins floats at a time
+        scale = cands[i:i + 64, None] / fmt.max
+        q = _round_to_format(centres[None, :] / scale, fmt) * scale
+        errs[i:i + 64] = ((centres[None, :] - q) ** 2 * counts).sum(axis=1)
+    return errs
 
 
 def _mse(stats: TensorStats, fmt) -> float:
-    grid = format_grid(fmt)
     w = stats.bin_width
     nz = np.nonzero(stats.hist)[0]
     centres = (nz + 0.5) * w
     counts = stats.hist[nz].astype(np.float64)
     last = min(stats.bins, int(np.ceil(stats.amax / w)))
-    cands = np.arange(1, last + 1) * w
-    cands[-1] = stats.amax
-    errs = np.empty(cands.size)
-    for i in range(0, cands.size, 128):  # 128 x nonzero bins floats at a time
-        scale = cands[i:i + 128, None] / fmt.max
-        q = _round_to_grid(centres[None, :] / scale, grid) * scale
-        errs[i:i + 128] = ((centres[None, :] - q) ** 2 * counts).sum(axis=1)
-    return float(cands[int(np.argmin(errs))])
+    # Coarse to fine: every 16th bin edge, then every edge around the best coarse one.
+    edges = np.arange(1, last + 1)
+    coarse = np.unique(np.append(edges[::16], last))
+    errs = _mse_errors(coarse * w, centres, counts, fmt)
+    k = int(coarse[int(np.argmin(errs))])
+    fine = edges[max(0, k - 17):k + 16]
+    errs = _mse_errors(fine * w, centres, counts, fmt)
+    best = int(fine[int(np.argmin(errs))])
+    return float(stats.amax if best == last else best * w)
 
 
 def _kl(stats: TensorStats, fmt) -> float:
@@ -109,7 +126,7 @@ def _kl(stats: TensorStats, fmt) -> float:
         p[-1] += hist[i:].sum()  # the clipped mass lands on the edge
         scale = t / fmt.max
         centres = (np.arange(i) + 0.5) * w
-        cell = np.searchsorted(grid, _round_to_grid(centres / scale, grid))
+        cell = np.searchsorted(grid, _round_to_format(centres / scale, fmt))
         # Q: each grid cell's mass (outliers excluded) spread over the cell's non-empty bins
         mass = np.bincount(cell, weights=hist[:i], minlength=grid.size)
         used = np.bincount(cell, weights=(hist[:i] > 0), minlength=grid.size)
