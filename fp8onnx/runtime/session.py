@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from . import _capi, _customops
+from .fold import fold_constant_ops
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata"]
 
@@ -84,6 +85,23 @@ class _OutputBuffer:
             release(self._value)
 
 
+def _folded(model):
+    """``model`` with constant ai.fp8onnx nodes folded, as bytes (or as given when none)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        proto = onnx.load_from_string(bytes(model))
+    elif isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            return model  # reported by _create
+        proto = onnx.load(path, load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            return model  # external data is resolved relative to the path: keep it
+    result, n = fold_constant_ops(proto)
+    return result if n else model
+
+
 class InferenceSession:
     """Run an ONNX model with the fp8onnx custom ops registered (CPU).
 
@@ -91,12 +109,15 @@ class InferenceSession:
     ``sess_options``: an ``onnxruntime.SessionOptions``; its thread counts, execution
     mode, graph optimization level, log level, memory-arena and memory-pattern settings
     are applied. ``providers``: only ``CPUExecutionProvider`` (the custom ops are CPU).
+    ``fold_constants``: compute ai.fp8onnx nodes whose inputs are all initializers (the
+    fake-quantized weights) once, at creation, so ONNX Runtime sees constant weights
+    and pre-packs them (see :mod:`fp8onnx.runtime.fold`); results are bit-identical.
     Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
     when the model or the inputs are at fault), with ONNX Runtime's message.
     """
 
     def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
-                 **kwargs):
+                 *, fold_constants=True, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         for p in providers or ():
@@ -107,6 +128,8 @@ class InferenceSession:
         self._api = api = _capi.api()
         self._domain = _customops.domain()  # keeps the op structures alive with the session
         self._session = None
+        if fold_constants:
+            model_or_path = _folded(model_or_path)
         options = api.out(api.CreateSessionOptions)
         try:
             self._apply_options(options, sess_options)

@@ -1,0 +1,212 @@
+"""Speed of fp8onnx's custom ops inside an ONNX Runtime session, beside the alternatives.
+
+Part 1, on N float32 elements (default 16M), one thread: median ns/element of
+``ai.fp8onnx.FakeQuant`` (E4M3, per tensor and per channel) in
+``fp8onnx.runtime.InferenceSession``, onnxruntime's native QuantizeLinear ->
+DequantizeLinear session, an Identity in each session (the cost of a session call that
+writes a fresh output, the floor for any op), and a numpy copy (memory bandwidth).
+
+Part 2, a small CNN (3 Conv + 2 MatMul): float model vs the same model with FakeQuant
+on every weight (per channel) and activation (per tensor), vs the native FP8 QDQ model,
+medians and ratios to the float model.
+
+    python tools/bench_runtime.py            # 16M elements, 15 repeats
+    python tools/bench_runtime.py --elements 4194304 --repeats 7
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper
+
+from fp8onnx import formats
+from fp8onnx.runtime import InferenceSession, ops
+
+FMT = "e4m3"
+
+
+def median_seconds(fns, repeats):
+    """Median seconds of each callable, timed round-robin so that the noise of a shared
+    machine falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm up: compile, arena growth, first-touch page faults
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def options(threads=1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return so
+
+
+def model(nodes, inits, inputs=("x",), opset=21):
+    graph = helper.make_graph(nodes, "bench",
+                              [helper.make_tensor_value_info(n, T.FLOAT, None) for n in inputs],
+                              [helper.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), ops.opset_import()])
+
+
+def scale_init(name, values):
+    values = np.atleast_1d(np.asarray(values, np.float32))
+    shape = [] if values.size == 1 else [values.size]
+    return helper.make_tensor(name, T.FLOAT, shape, values)
+
+
+def zp_init(name, n):
+    shape = [] if n == 1 else [n]
+    return helper.make_tensor(name, formats.get(FMT).onnx_type, shape, bytes(n), raw=True)
+
+
+def qdq_nodes(src, dst, scale, n, axis, inits, tag):
+    inits += [scale_init(f"{tag}_s", scale), zp_init(f"{tag}_zp", n)]
+    kw = {"axis": axis} if n > 1 else {}
+    return [helper.make_node("QuantizeLinear", [src, f"{tag}_s", f"{tag}_zp"], [f"{tag}_q"], **kw),
+            helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_s", f"{tag}_zp"], [dst], **kw)]
+
+
+def fq_nodes(src, dst, scale, n, axis, inits, tag):
+    inits.append(scale_init(f"{tag}_s", scale))
+    return [ops.make_fake_quant_node(src, f"{tag}_s", dst, format=FMT, axis=axis, name=tag)]
+
+
+def part1(n, repeats):
+    rng = np.random.default_rng(0)
+    channels = 256
+    x = rng.standard_normal(n).astype(np.float32)
+    x3 = x.reshape(-1, channels, 1024)
+    cscale = np.linspace(0.001, 0.01, channels).astype(np.float32)
+    labels, fns = [], []
+
+    def add(label, fn):
+        labels.append(label)
+        fns.append(fn)
+
+    from fp8onnx.kernels import _cast
+
+    for label, q, xin, sc, axis in (("per tensor", 1, x, 0.01, 1),
+                                    ("per channel", channels, x3, cscale, 1)):
+        inits_fq, inits_qdq = [], []
+        ours = InferenceSession(model(fq_nodes("x", "y", sc, q, axis, inits_fq, "a"), inits_fq),
+                                options())
+        native = ort.InferenceSession(
+            model(qdq_nodes("x", "y", sc, q, axis, inits_qdq, "a"), inits_qdq).SerializeToString(),
+            options(), providers=["CPUExecutionProvider"])
+        a = ours.run(None, {"x": xin})[0]
+        b = native.run(None, {"x": xin})[0]
+        assert np.array_equal(a, b, equal_nan=True), "custom op and native Q->DQ disagree"
+        add(f"fp8onnx FakeQuant {label} (fp8onnx session)", lambda s=ours, f={"x": xin}: s.run(None, f))
+        add(f"onnxruntime Q->DQ {label} (onnxruntime session)",
+            lambda s=native, f={"x": xin}: s.run(None, f))
+    out = np.empty_like(x)
+    add("bare kernel fake_quant_tensor, preallocated output (no ORT)",
+        lambda: _cast.fake_quant_tensor(x, np.float32(0.01), True, 0, out))
+    ident = model([helper.make_node("Identity", ["x"], ["y"])], [])
+    s1 = InferenceSession(ident, options())
+    s2 = ort.InferenceSession(ident.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+    add("Identity (fp8onnx session)", lambda: s1.run(None, {"x": x}))
+    add("Identity (onnxruntime session)", lambda: s2.run(None, {"x": x}))
+    add("numpy copy into a preallocated array", lambda: np.copyto(out, x))
+    add("numpy copy to a new array (x.copy())", lambda: x.copy())
+    rows = [(label, t / n * 1e9) for label, t in zip(labels, median_seconds(fns, repeats))]
+    qdq_tensor = rows[1][1]
+    copy = rows[-2][1]
+    print(f"\nPart 1: {n:,} float32 elements, one thread, median of {repeats} "
+          f"(format {FMT})")
+    print(f"{'':56s} {'ns/elem':>8s} {'vs ORT Q->DQ':>13s} {'vs copy':>8s}")
+    for label, ns in rows:
+        print(f"{label:56s} {ns:8.3f} {qdq_tensor / ns:12.1f}x {ns / copy:7.2f}x")
+
+
+def cnn(kind, batch):
+    """3 Conv(+Relu) + 2 MatMul; kind in float, fakequant, qdq."""
+    rng = np.random.default_rng(1)
+    inits, nodes = [], []
+    chans = [3, 32, 64, 64]
+    src = "x"
+    amax_act = 4.0
+
+    def quant(src, dst, scale, n, axis, tag):
+        if kind == "float":
+            return src
+        maker = fq_nodes if kind == "fakequant" else qdq_nodes
+        nodes.extend(maker(src, dst, scale, n, axis, inits, tag))
+        return dst
+
+    fmax = formats.get(FMT).max
+    for i in range(3):
+        w = (rng.standard_normal((chans[i + 1], chans[i], 3, 3)) * 0.2).astype(np.float32)
+        inits.append(helper.make_tensor(f"w{i}", T.FLOAT, w.shape, w.ravel()))
+        wscale = np.abs(w).reshape(w.shape[0], -1).max(1) / fmax
+        xin = quant(src, f"c{i}_xq", amax_act / fmax, 1, 1, f"c{i}_x")
+        wq = quant(f"w{i}", f"w{i}_q", wscale, w.shape[0], 0, f"c{i}_w")
+        nodes += [helper.make_node("Conv", [xin, wq], [f"c{i}"], pads=[1, 1, 1, 1],
+                                   strides=[2, 2] if i else [1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        src = f"r{i}"
+    nodes.append(helper.make_node("GlobalAveragePool", [src], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["f0"]))
+    src = "f0"
+    dims = [64, 128, 10]
+    for i in range(2):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) * 0.2).astype(np.float32)
+        inits.append(helper.make_tensor(f"m{i}", T.FLOAT, w.shape, w.ravel()))
+        xin = quant(src, f"m{i}_xq", amax_act / fmax, 1, 1, f"m{i}_x")
+        wq = quant(f"m{i}", f"m{i}_q", np.abs(w).max(0) / fmax, w.shape[1], 1, f"m{i}_w")
+        nodes.append(helper.make_node("MatMul", [xin, wq], [f"mm{i}" if i == 0 else "y"]))
+        if i == 0:
+            nodes.append(helper.make_node("Relu", ["mm0"], ["f1"]))
+            src = "f1"
+    return model(nodes, inits)
+
+
+def part2(repeats, batch=8, size=64):
+    x = np.random.default_rng(2).standard_normal((batch, 3, size, size)).astype(np.float32)
+    runs = [
+        ("float model (onnxruntime session)",
+         ort.InferenceSession(cnn("float", batch).SerializeToString(), options(),
+                              providers=["CPUExecutionProvider"])),
+        ("float model (fp8onnx session)", InferenceSession(cnn("float", batch), options())),
+        ("emulated FP8: FakeQuant on every weight and activation (fp8onnx)",
+         InferenceSession(cnn("fakequant", batch), options())),
+        ("  the same without folding the weights' FakeQuant (fold_constants=False)",
+         InferenceSession(cnn("fakequant", batch), options(), fold_constants=False)),
+        ("native FP8 QDQ model (onnxruntime session)",
+         ort.InferenceSession(cnn("qdq", batch).SerializeToString(), options(),
+                              providers=["CPUExecutionProvider"])),
+    ]
+    fns = [lambda s=s: s.run(None, {"x": x}) for _, s in runs]
+    times = list(zip([label for label, _ in runs], median_seconds(fns, repeats)))
+    base = times[0][1]
+    print(f"\nPart 2: 3 Conv + 2 MatMul on a {batch}x3x{size}x{size} batch, one thread, "
+          f"median of {repeats} (format {FMT})")
+    print(f"{'':66s} {'ms':>8s} {'vs float':>9s}")
+    for label, t in times:
+        print(f"{label:66s} {t * 1e3:8.2f} {t / base:8.2f}x")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--elements", type=int, default=16 * 2**20)
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args(argv)
+    if args.elements % (256 * 1024):
+        ap.error("--elements must be a multiple of 262144 (256 channels x 1024)")
+    print(f"onnxruntime {ort.__version__}")
+    part1(args.elements, args.repeats)
+    part2(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
