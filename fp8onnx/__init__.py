@@ -1,7 +1,35 @@
-"""fp8onnx: post-training FP8 quantization compiler for ONNX models."""
-from . import formats
+"""fp8onnx: post-training FP8 quantization compiler for ONNX models.
+
+>>> import fp8onnx
+>>> q = fp8onnx.compile("model.onnx", calibration="calib.npz", format="e4m3")   # doctest: +SKIP
+
+The pieces for tool authors: :mod:`fp8onnx.formats` (the format table and kernels),
+:class:`Pass`, :class:`PassResult` and :class:`PassManager` (write your own passes),
+:mod:`fp8onnx.passes` (the pass library), :mod:`fp8onnx.schemes` and :class:`Recipe`.
+"""
+from . import formats, schemes
+from .api import compile, compile_model, prepare
 from .errors import Fp8OnnxError, PassError, PreconditionError, UserError
+from .passinfra import Pass, PassManager, PassResult
+from .planner import plan_quantization
+from .recipe import Recipe
 
 __version__ = "0.1.0"
 
-__all__ = ["formats", "Fp8OnnxError", "UserError", "PreconditionError", "PassError", "__version__"]
+__all__ = [
+    "compile",
+    "compile_model",
+    "prepare",
+    "plan_quantization",
+    "formats",
+    "schemes",
+    "Recipe",
+    "Pass",
+    "PassResult",
+    "PassManager",
+    "Fp8OnnxError",
+    "UserError",
+    "PreconditionError",
+    "PassError",
+    "__version__",
+]

@@ -117,5 +117,18 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+class _CallableModule(type(sys)):
+    """``fp8onnx.compile`` is both this CLI module and the API function: importing the
+    module rebinds the package attribute to it, so the module forwards calls to the API."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import compile as _compile
+
+        return _compile(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -153,27 +153,40 @@ def outer_scope_inputs(graph: onnx.GraphProto) -> List[str]:
 
 
 class NameAllocator:
-    """Hands out readable names that collide with nothing in the model, deterministically."""
+    """Hands out readable names that collide with nothing in the model, deterministically.
+
+    Tensor names and node names are separate namespaces in ONNX, so a Q node and its
+    output tensor may both be called ``x_q``: ``tensor()`` and ``node()`` keep apart.
+    """
 
     def __init__(self, model_or_graph) -> None:
         graph = model_or_graph.graph if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph
-        self.taken = set()
+        self.tensors, self.nodes = set(), set()
         for g in iter_graphs(graph):
-            self.taken.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
-            self.taken.update(t.name for t in g.initializer)
+            self.tensors.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
+            self.tensors.update(t.name for t in g.initializer)
             for n in g.node:
-                self.taken.update(n.output)
-                self.taken.update(n.input)
+                self.tensors.update(n.output)
+                self.tensors.update(n.input)
                 if n.name:
-                    self.taken.add(n.name)
+                    self.nodes.add(n.name)
 
-    def fresh(self, base: str) -> str:
+    @staticmethod
+    def _fresh(taken: set, base: str) -> str:
         name, k = base, 1
-        while name in self.taken or not name:
+        while name in taken or not name:
             name = f"{base}_{k}"
             k += 1
-        self.taken.add(name)
+        taken.add(name)
         return name
+
+    def tensor(self, base: str) -> str:
+        """A new tensor name: ``base``, or ``base_1``, ``base_2``... where taken."""
+        return self._fresh(self.tensors, base)
+
+    def node(self, base: str) -> str:
+        """A new node name, from the node namespace."""
+        return self._fresh(self.nodes, base)
 
 
 def toposort(graph: onnx.GraphProto) -> bool:

@@ -83,10 +83,10 @@ def build_weight(names: NameAllocator, tensor: str, w: np.ndarray, fmt: _formats
     amax, scale = weight_scales(w, fmt, axis)
     codes = fmt.quantize(w, scale, axis=axis, saturate=saturate)
     native = emits_native(fmt, emit)
-    q_name = names.fresh(f"{tensor}_{fmt.name}")
-    s_name = names.fresh(f"{tensor}_scale")
-    out = names.fresh(f"{tensor}_dq")
-    node_name = names.fresh(f"{tensor}_dq")
+    q_name = names.tensor(f"{tensor}_{fmt.name}")
+    s_name = names.tensor(f"{tensor}_scale")
+    out = names.tensor(f"{tensor}_dq")
+    node_name = names.node(f"{tensor}_dq")
     doc = (f"fp8onnx: weight {tensor!r} per-channel {fmt.name} on axis {axis}; "
            f"amax max {_fmt_short(float(amax.max()))}, scale range "
            f"[{_fmt_short(float(scale.min()))}, {_fmt_short(float(scale.max()))}]")
@@ -108,22 +108,22 @@ def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, am
     """``x -> DQ(Q(x, scale))`` per tensor, or one fused FakeQuant when emulating."""
     scale = np.asarray(fmt.scale_for(np.float32(amax)), dtype=np.float32).reshape(())
     native = emits_native(fmt, emit)
-    s_name = names.fresh(f"{tensor}_scale")
+    s_name = names.tensor(f"{tensor}_scale")
     doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}; amax {_fmt_short(amax)}, scale {_fmt_short(float(scale))}"
     inits = [onnx.numpy_helper.from_array(scale, s_name)]
     if native:
-        q_out, dq_out = names.fresh(f"{tensor}_q"), names.fresh(f"{tensor}_dq")
+        q_out, dq_out = names.tensor(f"{tensor}_q"), names.tensor(f"{tensor}_dq")
         q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
         q = helper.make_node("QuantizeLinear", [tensor, s_name, zp_name], [q_out],
-                             name=names.fresh(f"{tensor}_q"), **q_attrs)
+                             name=names.node(f"{tensor}_q"), **q_attrs)
         dq = helper.make_node("DequantizeLinear", [q_out, s_name, zp_name], [dq_out],
-                              name=names.fresh(f"{tensor}_dq"))
+                              name=names.node(f"{tensor}_dq"))
         q.doc_string = dq.doc_string = doc
         nodes, out = [q, dq], dq_out
     else:
-        out = names.fresh(f"{tensor}_fq")
+        out = names.tensor(f"{tensor}_fq")
         fq = ops.make_fake_quant_node(tensor, s_name, out, format=fmt.name, saturate=saturate,
-                                      name=names.fresh(f"{tensor}_fq"))
+                                      name=names.node(f"{tensor}_fq"))
         fq.doc_string = doc
         nodes = [fq]
     return Built(out, nodes, inits, {"amax": float(amax), "scale": float(scale), "native": native})

@@ -63,7 +63,11 @@ class InsertQDQ(Pass):
                 graphs[id(d.graph)] = d.graph
         zero_points: Dict[str, str] = {}
         used_custom = False
-        for gid, units in by_graph.items():
+        # Subgraphs first: rewriting a parent's node list copies its If/Loop nodes, which
+        # would leave the plan's handles on their bodies pointing at stale copies.
+        depth = {gid: units[0].graph_path.count("/") for gid, units in by_graph.items()}
+        for gid in sorted(by_graph, key=lambda g: -depth[g]):
+            units = by_graph[gid]
             used_custom |= self._rewrite_graph(model, graphs[gid], units, names, zero_points)
         if not self.inserted:
             return PassResult(model, False)
@@ -104,7 +108,7 @@ class InsertQDQ(Pass):
                 key = ("a", use.tensor, fmt.name)
                 if key not in built:
                     native = qdq.emits_native(fmt, self.emit)
-                    zp = zero_points.setdefault(fmt.name, names.fresh(f"fp8onnx_zero_{fmt.name}")) if native else ""
+                    zp = zero_points.setdefault(fmt.name, names.tensor(f"fp8onnx_zero_{fmt.name}")) if native else ""
                     b = qdq.build_activation(names, use.tensor, fmt, self.amax[(use.tensor, fmt.name)],
                                              self.emit, zp, self.saturate)
                     built[key] = b

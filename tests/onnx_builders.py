@@ -76,3 +76,27 @@ def attention_block(seed=0, d=16, opset=17):
         helper.make_node("Add", ["scaled", "beta"], ["y"], name="ln_add"),
     ]
     return model(nodes, [vi("x", ["N", "T", d])], [vi("y", ["N", "T", d])], inits, opset=opset)
+
+
+#: onnxruntime graph rewrites that are wrong for FP8 Q/DQ (seen with 1.32): ReluQuantRewrite
+#: drops a Relu in front of a QuantizeLinear, valid only for unsigned types; and
+#: WeightBiasQuantization turns float biases into int32 with scale s_x * s_w, which
+#: overflows for E5M2's tiny max-scaled scales.
+ORT_FP8_UNSAFE = ["ReluQuantRewrite", "WeightBiasQuantization"]
+
+
+def ort_run(model, feeds, output=0):
+    """Run with onnxruntime's own kernels (CPU), minus its rewrites that are wrong for FP8."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"], disabled_optimizers=ORT_FP8_UNSAFE)
+    return sess.run(None, feeds)[output]
+
+
+def fp8_run(model, feeds, output=0):
+    """Run a model that may hold fp8onnx custom ops."""
+    from fp8onnx.runtime import InferenceSession
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return InferenceSession(data).run(None, feeds)[output]
