@@ -6,7 +6,7 @@
   fed ``batch_size`` rows at a time (the file's arrays are read once per pass);
 * a directory: one ``.npz`` feed per file, sorted by file name, each file's arrays fed
   as they are (shapes may differ between files: OCR crops, sentences of any length);
-* ``"random"``: N(0, 1) floats, small non-negative ints, random bools, shaped from the
+* ``"random"``: N(0, 1) floats, ints in {0, 1}, random bools, shaped from the
   model's inputs (dynamic leading dim -> ``batch_size``, other dynamic dims -> 32); logs
   a WARNING, since scales from random data do not fit real inputs;
 * any iterable of feed dicts (a list can be iterated again, a generator once);
@@ -38,9 +38,9 @@ from typing import Optional
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from ..errors import CalibrationError
+from .validate import FeedValidator
 
 __all__ = ["open_source", "CalibrationSource", "DEFAULT_RANDOM_SAMPLES", "DEFAULT_DYNAMIC_DIM"]
 
@@ -50,135 +50,6 @@ log = logging.getLogger(__name__)
 DEFAULT_RANDOM_SAMPLES = 8
 #: Size given to a dynamic dimension other than the leading one by the ``"random"`` source.
 DEFAULT_DYNAMIC_DIM = 32
-
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
-
-
-class _Input:
-    """What the model expects of one graph input."""
-
-    def __init__(self, vi: onnx.ValueInfoProto):
-        self.name = vi.name
-        tt = vi.type.tensor_type
-        self.elem_type = tt.elem_type
-        try:
-            self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        except (KeyError, TypeError, ValueError):
-            self.dtype = None
-        self.shape = None  # None: rank unknown; else a tuple of int (fixed) or str/None (dynamic)
-        if tt.HasField("shape"):
-            self.shape = tuple(
-                d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                else (d.dim_param or None)
-                for d in tt.shape.dim
-            )
-
-    @property
-    def is_float(self) -> bool:
-        return self.elem_type in _FLOAT_TYPES
-
-    def shape_text(self) -> str:
-        if self.shape is None:
-            return "?"
-        return "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
-
-
-class _Validator:
-    """Checks and converts feeds against the model's graph inputs."""
-
-    def __init__(self, model: onnx.ModelProto):
-        inits = {t.name for t in model.graph.initializer}
-        self.inputs = {vi.name: _Input(vi) for vi in model.graph.input}
-        # Old models list initializers as graph inputs too: those need no data.
-        self.required = [n for n in self.inputs if n not in inits]
-        self.optional = {n for n in self.inputs if n in inits}
-
-    def check_names(self, names, where: str) -> None:
-        names = set(names)
-        missing = [n for n in self.required if n not in names]
-        unknown = sorted(n for n in names if n not in self.inputs)
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing}")
-            if unknown:
-                parts.append(f"unknown {unknown}")
-            raise CalibrationError(
-                f"calibration {where} does not match the model's inputs ({'; '.join(parts)}); "
-                f"the model's inputs are {self.required}: key the arrays by those names"
-            )
-
-    def check(self, feed, where: str, first_sample: int, rows: bool) -> dict:
-        """The converted feed; raises CalibrationError naming the problem and the fix."""
-        if not isinstance(feed, Mapping):
-            raise CalibrationError(
-                f"calibration {where} is a {type(feed).__name__}, not a dict "
-                "{input_name: array}: yield one dict per feed"
-            )
-        self.check_names(feed.keys(), where)
-        return {name: self._array(name, value, where, first_sample, rows)
-                for name, value in feed.items()}
-
-    def _array(self, name, value, where, first_sample, rows) -> np.ndarray:
-        spec = self.inputs[name]
-        try:
-            arr = np.asarray(value)
-        except Exception as e:  # ragged lists and the like
-            raise CalibrationError(
-                f"input {name!r} of calibration {where} is not an array ({e}): pass numpy arrays"
-            ) from e
-        arr = self._convert(spec, arr, where)
-        if spec.shape is not None:
-            if arr.ndim != len(spec.shape):
-                raise CalibrationError(
-                    f"input {name!r} of calibration {where} has shape {arr.shape} (rank "
-                    f"{arr.ndim}) but the model expects rank {len(spec.shape)}, shape "
-                    f"{spec.shape_text()}: reshape the data (e.g. add the batch axis)"
-                )
-            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
-                if isinstance(want, int) and want != got:
-                    raise CalibrationError(
-                        f"input {name!r} of calibration {where} has shape {arr.shape} but the "
-                        f"model fixes dim {axis} at {want} (shape {spec.shape_text()}): check "
-                        "the layout (e.g. NCHW vs NHWC) and preprocessing"
-                    )
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = ~np.isfinite(arr)
-            what = "NaN" if np.isnan(arr).any() else "Inf"
-            if rows and arr.ndim:
-                row = int(np.argmax(bad.reshape(arr.shape[0], -1).any(axis=1)))
-                sample = first_sample + row
-            else:
-                sample = first_sample
-            raise CalibrationError(
-                f"input {name!r} of calibration sample {sample} ({where}) contains {what}: "
-                "clean the data or drop that sample"
-            )
-        return arr
-
-    @staticmethod
-    def _convert(spec: _Input, arr: np.ndarray, where: str) -> np.ndarray:
-        if spec.dtype is None or arr.dtype == spec.dtype:
-            return arr
-        kind = arr.dtype.kind
-        if spec.is_float:
-            if kind in "fiub":  # float64 -> float32, ints -> float: silently
-                return arr.astype(spec.dtype)
-        elif spec.dtype.kind in "iu":
-            if kind in "iub":
-                return arr.astype(spec.dtype)
-            if kind == "f":
-                raise CalibrationError(
-                    f"input {spec.name!r} of the model is {spec.dtype} but calibration {where} "
-                    f"holds {arr.dtype}: pass integer arrays (e.g. token ids), not floats"
-                )
-        elif spec.dtype.kind == "b" and kind == "b":
-            return arr
-        raise CalibrationError(
-            f"input {spec.name!r} of the model is {spec.dtype} but calibration {where} holds "
-            f"{arr.dtype}: convert the data to {spec.dtype}"
-        )
-
 
 class CalibrationSource:
     """Validated feeds for one model; iterate it (again, where the source allows).
@@ -198,7 +69,7 @@ class CalibrationSource:
             raise CalibrationError(f"samples must be >= 1 (got {samples}): pass a positive count")
         if int(batch_size) < 1:
             raise CalibrationError(f"batch_size must be >= 1 (got {batch_size})")
-        self._validator = _Validator(model)
+        self._validator = FeedValidator(model)
         self.samples = None if samples is None else int(samples)
         self.batch_size = int(batch_size)
         self.num_samples: Optional[int] = None
@@ -359,7 +230,8 @@ class _RandomSource(CalibrationSource):
                 if dt.kind == "b":
                     feed[name] = rng.random(shape) < 0.5
                 elif dt.kind in "iu":
-                    feed[name] = rng.integers(0, 8, size=shape).astype(dt)
+                    # 0 and 1 are valid token ids, token type ids and masks alike
+                    feed[name] = rng.integers(0, 2, size=shape).astype(dt)
                 else:
                     feed[name] = rng.standard_normal(shape).astype(dt)
             yield feed, f"random feed at sample {done}", done, per_feed
