@@ -16,9 +16,21 @@ from .spec import Scheme, UnitSpec, WeightSpec, weight_axis
 from .standard import STANDARD
 from .extended import EXTENDED
 
-__all__ = ["Scheme", "UnitSpec", "WeightSpec", "weight_axis", "get", "names", "STANDARD", "EXTENDED"]
+__all__ = ["Scheme", "UnitSpec", "WeightSpec", "weight_axis", "get", "names", "register", "STANDARD",
+           "EXTENDED"]
 
 _SCHEMES = {s.name: s for s in (STANDARD, EXTENDED)}
+
+
+def register(scheme: Scheme) -> Scheme:
+    """Make ``scheme`` available by name (``--scheme``, ``Recipe(scheme=...)``).
+
+    The built-in names cannot be replaced; registering the same scheme twice is harmless.
+    """
+    if scheme.name in ("standard", "extended") and _SCHEMES[scheme.name] is not scheme:
+        raise ValueError(f"scheme name {scheme.name!r} is built in: choose another name")
+    _SCHEMES[scheme.name] = scheme
+    return scheme
 
 
 def names() -> tuple:
