@@ -123,7 +123,7 @@ class _Op:
         return buf.value.decode()
 
     def _kernel_state(self, info):
-        node = f"{DOMAIN}.{self.name} node {self._node_name(info)!r}"  # = _capi.OWN_MESSAGE_MARK...
+        node = f"{DOMAIN}.{self.name} node {self._node_name(info)!r}"  # starts with _capi.OWN_MESSAGE_MARK
         name = self._attr_string(info, "format")
         if name is None:
             raise ValueError(f"{node} has no 'format' attribute: add format=<one of "

@@ -14,8 +14,8 @@ session at the same time.
 >>> graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", T.FLOAT, [2])],
 ...     [helper.make_tensor_value_info("y", T.FLOAT, [2])], [helper.make_tensor("s", T.FLOAT, [], [1.0])])
 >>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
->>> InferenceSession(model).run(None, {"x": np.array([0.3, 500.0], np.float32)})[0]
-array([  0.3125, 448.    ], dtype=float32)
+>>> InferenceSession(model).run(None, {"x": np.array([0.3, 500.0], np.float32)})[0].tolist()
+[0.3125, 448.0]
 """
 from __future__ import annotations
 
