@@ -51,7 +51,7 @@ def test_bad_scale_is_refused_naming_the_value(bad):
     with pytest.raises(ValueError, match=r"scale .* is not a finite positive float32"):
         K.fake_quant("e5m2", x, bad)
     with pytest.raises(ValueError, match="not a finite positive"):
-        K.quantize("int8", x.reshape(2, 2), np.array([1.0, bad], np.float32), axis=0)
+        K.quantize("int8", x.reshape(2, 2), np.array([1.0, bad]), axis=0)
     with pytest.raises(ValueError, match="not a finite positive"):
         K.dequantize("e4m3", np.zeros(4, np.uint8), bad)
 

@@ -1,0 +1,146 @@
+"""Benchmark: fp8onnx's fake-quant kernels beside onnxruntime, ml_dtypes and a numpy copy.
+
+On N float32 elements (default 16M, drawn from N(0, 1)), for each format, per tensor and
+per channel (a (4096, N/4096) matrix, axis 0, like a weight's output channels), on one
+thread and on all threads, the median ns/element of:
+
+* ours:      fp8onnx.kernels.fake_quant (out= preallocated)
+* ORT:       onnxruntime's QuantizeLinear -> DequantizeLinear session (opset 21, output
+             bound to a preallocated buffer; intra_op_num_threads = the thread count)
+* ml_dtypes: (x / s).astype(fp8).astype(float32) * s (one thread: ml_dtypes has no
+             threading; for int8, numpy's clip(rint(x / s)) * s; ml_dtypes' float8_e3m4
+             is an IEEE-style cousin of the paper's E3M4, timed as the same kind of cast)
+* copy:      np.copyto into a preallocated array: the memory-bandwidth floor
+
+Ratios: ORT / ours, ml_dtypes / ours, ours / copy. Usage::
+
+    python tools/bench_kernels.py [--size 16777216] [--reps 9] [--threads 1 2]
+
+(OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors here, do not affect these
+loops: none of them calls BLAS.)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fp8onnx import formats, kernels  # noqa: E402
+
+ML_TYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m4": "float8_e3m4",
+            "e4m3fnuz": "float8_e4m3fnuz", "e5m2fnuz": "float8_e5m2fnuz"}
+
+
+def median_ns(fn, n, reps):
+    fn()  # warm-up (and first-use compilation / cache load)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / n * 1e9
+
+
+def ort_runner(fmt, x, scale, axis, threads):
+    """A callable running ORT's Q->DQ on x with the output bound to a fixed buffer."""
+    import onnxruntime as ort
+
+    from fp8onnx.kernels.reference import build_model
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    model = build_model(fmt, "qdq", axis=axis, rank=x.ndim,
+                        channels=None if axis is None else x.shape[axis])
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = np.empty_like(x)
+    scale_arr = np.array(scale, np.float32)  # kept alive by the closure: ORT holds a pointer
+    binding = sess.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_cpu_input("scale", scale_arr)
+    binding.bind_output("y", "cpu", element_type=np.float32, shape=out.shape,
+                        buffer_ptr=out.ctypes.data)
+
+    def run(keep=(x, out, scale_arr)):
+        sess.run_with_iobinding(binding)
+
+    run()
+    ref = kernels.fake_quant(fmt, x, scale, axis=axis)
+    if not np.array_equal(out.view(np.uint32), ref.view(np.uint32)):
+        raise SystemExit(f"ORT and fp8onnx disagree on {fmt.name} axis={axis}: not benchmarking")
+    return run
+
+
+def ml_runner(fmt, x, scale, axis):
+    import ml_dtypes
+
+    s = np.asarray(scale, np.float32)
+    if axis is not None:
+        s = s.reshape([-1] + [1] * (x.ndim - 1 - axis)) if axis == 0 else s
+    if fmt.kind == "int":
+        return lambda: np.clip(np.rint(x / s), -128, 127) * s
+    t = getattr(ml_dtypes, ML_TYPES[fmt.name])
+    return lambda: (x / s).astype(t).astype(np.float32) * s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=1 << 24)
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    ap.add_argument("--formats", nargs="+", default=list(formats.FORMATS))
+    args = ap.parse_args(argv)
+
+    import numba
+
+    n = args.size - args.size % 4096
+    x = np.random.default_rng(0).normal(0, 1, n).astype(np.float32)
+    x2 = x.reshape(4096, -1)
+    out = np.empty_like(x)
+    out2 = out.reshape(x2.shape)
+    copy_ns = median_ns(lambda: np.copyto(out, x), n, args.reps)
+    ml_cache = {}
+    rows = []
+    for threads in sorted(set(args.threads)):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        for name in args.formats:
+            f = formats.get(name)
+            for scheme in ("tensor", "channel"):
+                if scheme == "tensor":
+                    xx, oo, axis = x, out, None
+                    scale = f.scale_for(kernels.amax(x))
+                else:
+                    xx, oo, axis = x2, out2, 0
+                    scale = f.scale_for(np.maximum(kernels.amax(x2, axis=0), 1e-6))
+                ours = median_ns(lambda: kernels.fake_quant(f, xx, scale, axis=axis, out=oo),
+                                 n, args.reps)
+                ort_ns = (median_ns(ort_runner(f, xx, scale, axis, threads), n, args.reps)
+                          if f.onnx_type is not None else float("nan"))
+                key = (name, scheme)
+                if key not in ml_cache:  # single-threaded whatever the row: measure once
+                    ml_cache[key] = median_ns(ml_runner(f, xx, scale, axis), n, max(3, args.reps // 3))
+                rows.append((name, scheme, threads, ours, ort_ns, ml_cache[key], copy_ns))
+                print(f"  measured {name:9s} {scheme:7s} threads={threads}: {ours:.3f} ns/el",
+                      file=sys.stderr, flush=True)
+
+    print(f"\nfake_quant on {n} float32 elements, median of {args.reps} runs, ns/element "
+          f"(numpy copy {copy_ns:.3f} ns/el)\n")
+    hdr = ("| format | scales | threads | ours | ORT Q->DQ | ml_dtypes | copy | "
+           "ORT/ours | ml_dtypes/ours | ours/copy |")
+    print(hdr)
+    print("|" + "---|" * 10)
+    for name, scheme, th, ours, o, m, c in rows:
+        ort_s = "n/a" if np.isnan(o) else f"{o:.3f}"
+        ort_r = "n/a" if np.isnan(o) else f"{o / ours:.1f}x"
+        print(f"| {name} | {scheme} | {th} | {ours:.3f} | {ort_s} | {m:.3f} | {c:.3f} | "
+              f"{ort_r} | {m / ours:.1f}x | {ours / c:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
