@@ -14,10 +14,15 @@ failure leaves no partial output. Saving the same model twice gives identical by
 >>> save_model(model, "out/resnet50_fp8.onnx", input_path="resnet50.onnx")  # doctest: +SKIP
 
 External data (``external_data=True``, or automatically above ~1.8 GB of tensors) goes
-to one file ``<output name>.data`` beside the model. Memory: tensors are written one at a
-time; while the model file is serialised their ``raw_data`` is detached from the proto,
-then put back from the bytes already held, so the caller's model is unchanged afterwards
-and no second copy of all weights is built (``tools/bench_modelio.py`` measures peak RSS).
+to one file ``<output name>.data`` beside the model. Memory: the caller's model is not
+modified; initializer data goes from it to the file one tensor at a time and the model
+file is serialised from a skeleton without weights, so saving needs about one tensor of
+extra memory. Measured with ``python tools/bench_modelio.py 1024 3`` (1 GiB model, eight
+128 MiB initializers, medians of 3 runs, each in a fresh process): peak RSS +262 MB
+(two tensors) and 6.9 s here, against +128 MB and 6.0 s for
+``onnx.save_model(save_as_external_data=True)``, which strips the weights out of the
+caller's model; an earlier version that cleared and restored ``raw_data`` in place took
++2054 MB, because protobuf's arena keeps cleared bytes.
 """
 from __future__ import annotations
 
@@ -294,33 +299,30 @@ def _remove_quietly(p: str) -> None:
 
 
 def _save_external(model: onnx.ModelProto, path: str, folder: str) -> None:
-    """Tensor data to ``<path>.data``, the rest to ``path``; both renamed into place at the end."""
+    """Tensor data to ``<path>.data``, the rest to ``path``; both renamed into place at the end.
+
+    The caller's model is never modified: a skeleton of it is built in which every
+    initializer is a new TensorProto without its data, and the data goes straight from
+    the model to the file one tensor at a time. (Clearing and later restoring ``raw_data``
+    in place would cost a second copy of all weights: protobuf's arena does not reuse the
+    cleared memory.) Large tensors outside the initializers (Constant attributes,
+    subgraph initializers) are copied into the skeleton, then moved to the file.
+    """
     location = os.path.basename(path) + ".data"
     data_final = os.path.join(folder, location)
     data_tmp = _tmp_name(folder, data_final)
     model_tmp = None
-    # (tensor, raw bytes) of every tensor moved out, to put back whatever happens.
-    moved: List[Tuple[onnx.TensorProto, bytes, bool]] = []
     try:
         with open(data_tmp, "wb") as f:
-            for t in _all_tensors(model):
-                if not t.HasField("raw_data") or len(t.raw_data) < EXTERNAL_MIN_BYTES:
-                    continue
-                raw = t.raw_data
-                pad = (-f.tell()) % _ALIGN
-                if pad:
-                    f.write(b"\0" * pad)
-                offset = f.tell()
-                f.write(raw)
-                moved.append((t, raw, t.HasField("data_location")))
-                t.ClearField("raw_data")
-                del t.external_data[:]
-                for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-                    t.external_data.add(key=key, value=value)
-                t.data_location = onnx.TensorProto.EXTERNAL
+            skeleton = _skeleton(model, f, location)
+            for t in _all_tensors(skeleton):
+                if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+                    _append_external(f, t, t.raw_data, location)
+                    t.ClearField("raw_data")
             f.flush()
             os.fsync(f.fileno())
-        data = model.SerializeToString(deterministic=True)
+        data = skeleton.SerializeToString(deterministic=True)
+        del skeleton
         model_tmp = _tmp_name(folder, path)
         _write_chunks(model_tmp, [data])
         del data
@@ -332,11 +334,50 @@ def _save_external(model: onnx.ModelProto, path: str, folder: str) -> None:
         if model_tmp:
             _remove_quietly(model_tmp)
         raise
-    finally:
-        for t, raw, had_location in moved:
-            del t.external_data[:]
-            if had_location:
-                t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _skeleton(model: onnx.ModelProto, f, location: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose main-graph initializers point into ``f`` (written here)."""
+    skeleton = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(skeleton, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(skeleton.graph, field, value)
+    for t in model.graph.initializer:
+        stub = skeleton.graph.initializer.add()
+        for field, value in t.ListFields():
+            if field.name != "raw_data":
+                _copy_field(stub, field, value)
+        if t.HasField("raw_data"):
+            raw = t.raw_data  # one tensor's bytes at a time
+            if len(raw) >= EXTERNAL_MIN_BYTES:
+                _append_external(f, stub, raw, location)
             else:
-                t.ClearField("data_location")
-            t.raw_data = raw
+                stub.raw_data = raw
+            del raw
+    return skeleton
+
+
+def _copy_field(dst, field, value) -> None:
+    # protobuf >= 6 has is_repeated and dropped label; older versions only have label.
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(dst, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(dst, field.name).CopyFrom(value)
+    else:
+        setattr(dst, field.name, value)
+
+
+def _append_external(f, t: onnx.TensorProto, raw: bytes, location: str) -> None:
+    pad = (-f.tell()) % _ALIGN
+    if pad:
+        f.write(b"\0" * pad)
+    offset = f.tell()
+    f.write(raw)
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+        t.external_data.add(key=key, value=value)
+    t.data_location = onnx.TensorProto.EXTERNAL

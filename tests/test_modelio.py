@@ -273,3 +273,42 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch, external):
     with pytest.raises(OSError):
         save_model(_model(seed=5), tmp_path / "o.onnx", external_data=external)
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == files
+
+
+def test_external_data_covers_constants_and_subgraph_initializers(tmp_path):
+    # Large tensors outside the main initializers (a Constant node's value, an If
+    # branch's initializer) go to the data file too, and the caller's model is untouched.
+    rng = np.random.default_rng(4)
+    big_c = rng.standard_normal(512).astype(np.float32)
+    big_b = rng.standard_normal(512).astype(np.float32)
+    branch = helper.make_graph([helper.make_node("Add", ["X", "B"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [512])],
+                               [numpy_helper.from_array(big_b, "B")])
+    other = helper.make_graph([helper.make_node("Identity", ["X"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [512])])
+    g = helper.make_graph(
+        [helper.make_node("Constant", [], ["C"], value=numpy_helper.from_array(big_c)),
+         helper.make_node("Mul", ["X", "C"], ["h"]),
+         helper.make_node("If", ["cond"], ["i"], then_branch=branch, else_branch=other),
+         helper.make_node("Add", ["h", "i"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [512]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [512])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
+    before = m.SerializeToString()
+    p = str(tmp_path / "sub.onnx")
+    save_model(m, p, external_data=True)
+    assert m.SerializeToString() == before
+    raw = onnx.load(p, load_external_data=False)
+    kinds = [t.data_location for t in onnx.external_data_helper._get_all_tensors(raw)]
+    assert kinds == [TensorProto.EXTERNAL, TensorProto.EXTERNAL]
+    assert os.path.getsize(p + ".data") >= 2 * 512 * 4
+    loaded = load_model(p)
+    tensors = lambda model: [(t.name, t.raw_data) for t in onnx.external_data_helper._get_all_tensors(model)]
+    assert tensors(loaded) == tensors(m)
+    x = rng.standard_normal(512).astype(np.float32)
+    sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"X": x, "cond": np.array(True)})[0], x * big_c + x + big_b)
