@@ -311,4 +311,4 @@ def test_external_data_covers_constants_and_subgraph_initializers(tmp_path):
     assert tensors(loaded) == tensors(m)
     x = rng.standard_normal(512).astype(np.float32)
     sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(sess.run(None, {"X": x, "cond": np.array(True)})[0], x * big_c + x + big_b)
+    np.testing.assert_array_equal(sess.run(None, {"X": x, "cond": np.array(True)})[0], x * big_c + (x + big_b))
