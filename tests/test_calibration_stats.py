@@ -109,6 +109,13 @@ def test_nan_and_inf_are_counted_not_binned():
         choose_amax(s, "max", "e4m3")
 
 
+def test_inf_without_nan():
+    s = TensorStats.empty("x", bins=8)
+    s.update(np.array([1.0, np.inf, -2.0, np.inf], np.float64))
+    assert (s.nan_count, s.inf_count, s.count, int(s.hist.sum())) == (0, 2, 4, 2)
+    assert s.amax == np.inf and s.min == -2.0 and s.hist_range == 2.0
+
+
 def test_float16_and_odd_bins():
     s = TensorStats.empty("h")
     s.update(np.array([0.5, -3.0], np.float16))

@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Iterable, Optional
 
@@ -165,7 +166,8 @@ def _run(sess, names, feed, index):
             "check that the data matches what the model expects") from e
 
 
-def _fold(stats, names, arrays, dropped):
+def _fold(stats, names, arrays, dropped, pool=None):
+    work = []
     for n, a in zip(names, arrays):
         if n in dropped:
             continue
@@ -174,7 +176,13 @@ def _fold(stats, names, arrays, dropped):
                       getattr(a, "dtype", type(a).__name__))
             dropped.add(n)
             continue
-        stats[n].update(a)
+        work.append((stats[n], a))
+    if pool is None or len(work) < 2:
+        for s, a in work:
+            s.update(a)
+    else:  # one tensor per task: each TensorStats is touched by one thread at a time
+        for _ in pool.map(lambda sa: sa[0].update(sa[1]), work):
+            pass
 
 
 def _partition(names, sizes, budget):
@@ -219,6 +227,19 @@ def collect_stats(model: onnx.ModelProto, tensor_names: list, source: Iterable, 
         return stats
     for n in plan.fetch:
         stats[n] = TensorStats.empty(n, bins)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    # Folding is Numba/numpy work that releases the GIL, so tensors of one feed are reduced
+    # in parallel. Measured on the shared 2-core machine under load ~7: 1.12x on PP-OCR
+    # cls, 1.0x on det (median of 5 and 3 runs); it costs nothing when cores are busy.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        dropped = _collect(model, plan, src, stats, max_bytes_per_run, providers, show, pool)
+    for n in dropped:
+        del stats[n]
+    return stats
+
+
+def _collect(model, plan, src, stats, max_bytes_per_run, providers, show, pool) -> set:
+    """Fold every feed into ``stats``, in one or several groups; the non-float names."""
     dropped: set = set()
     feeds = iter(src)
     first = next(feeds)
@@ -230,7 +251,7 @@ def collect_stats(model: onnx.ModelProto, tensor_names: list, source: Iterable, 
             chunk = plan.fetch[i:i + PROBE_CHUNK]
             arrays = _run(_session(model, chunk, plan.types, providers), chunk, first, 0)
             sizes.update({n: getattr(a, "nbytes", 0) for n, a in zip(chunk, arrays)})
-            _fold(stats, chunk, arrays, dropped)
+            _fold(stats, chunk, arrays, dropped, pool)
             del arrays
         probed = True
         groups = _partition(plan.fetch, sizes, int(max_bytes_per_run))
@@ -241,7 +262,6 @@ def collect_stats(model: onnx.ModelProto, tensor_names: list, source: Iterable, 
             groups = [plan.fetch]
         log.info("calibration: %d tensors in %d group(s) under %d bytes per run",
                  len(plan.fetch), len(groups), max_bytes_per_run)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
     for gi, group in enumerate(groups):
         if gi == 0:
             it = feeds if probed else chain([first], feeds)
@@ -252,15 +272,13 @@ def collect_stats(model: onnx.ModelProto, tensor_names: list, source: Iterable, 
         bar = _bar(src, show, gi, len(groups), skip=1 if probed else 0)
         for k, feed in enumerate(it, start=1 if probed else 0):
             arrays = _run(sess, group, feed, k)
-            _fold(stats, group, arrays, dropped)
+            _fold(stats, group, arrays, dropped, pool)
             del arrays  # before the next run: one feed's activations at a time
             if bar is not None:
                 bar.update(src.samples_in(feed))
         if bar is not None:
             bar.close()
-    for n in dropped:
-        del stats[n]
-    return stats
+    return dropped
 
 
 def _bar(src, show, gi, ngroups, skip):

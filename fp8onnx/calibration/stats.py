@@ -91,9 +91,16 @@ class TensorStats:
         flat = x.reshape(-1)  # a view for the contiguous arrays onnxruntime returns
         if flat.size == 0:
             return
-        red = np.empty(5, np.float64)
-        _hist.reduce_batch(flat, red)
-        lo, hi, batch_amax, nan, inf = red
+        # numpy's SIMD min/max run ~10x faster than one branchy Numba pass (measured on
+        # PP-OCR cls activations); NaN poisons them, and then the NaN-aware loop decides.
+        lo, hi = float(flat.min()), float(flat.max())
+        if math.isnan(lo) or math.isnan(hi):
+            red = np.empty(5, np.float64)
+            _hist.reduce_batch(flat, red)
+            lo, hi, batch_amax, nan, inf = red
+        else:
+            batch_amax, nan = max(-lo, hi), 0
+            inf = int(np.isinf(flat).sum()) if math.isinf(lo) or math.isinf(hi) else 0
         self.count += int(flat.size)
         self.nan_count += int(nan)
         self.inf_count += int(inf)
