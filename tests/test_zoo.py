@@ -56,6 +56,18 @@ def test_entry_loads_checked_fp32_model(zoo_entry, name):
     assert inp in feeds and feeds[inp].dtype in (np.float32, np.int64)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_feeds_fit_the_fp32_model(zoo_entry, name):
+    e = zoo_entry(name)
+    model = e.load()
+    sess = zoo.ort_session(model.SerializeToString())
+    inputs = {i.name for i in sess.get_inputs()}
+    outs = [o.name for o in model.graph.output]
+    for feeds in (next(iter(e.calib_feeds(2))), next(iter(e.eval_feeds(2)))):
+        assert set(feeds) == inputs
+        assert all(np.isfinite(o).all() for o in sess.run(outs, feeds))
+
+
 @pytest.mark.parametrize("name,floor", [("digits_cnn", 0.98), ("digits_cnn_bnfold", 0.98),
                                         ("digits_mlp", 0.95)])
 def test_digits_fp32_accuracy(zoo_entry, name, floor):

