@@ -81,6 +81,20 @@ def test_rounding_to_the_format_matches_the_oracles(name):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("name", formats.names())
+def test_rounding_agrees_with_the_package_kernels_including_ties(name):
+    """The search's arithmetic rounding equals fmt.fake_quant (RNE, saturating), ties too."""
+    from fp8onnx.calibration.methods import _round_to_format
+
+    fmt = formats.get(name)
+    g = format_grid(name)
+    mids = (g[:-1] + g[1:]) / 2  # exact ties: round half to even
+    u = np.concatenate([g, mids, [fmt.max * 1.03, fmt.max * 5]]).astype(np.float32)
+    scale = np.float32(0.375)
+    want = fmt.fake_quant(u * scale, scale).astype(np.float64)
+    np.testing.assert_array_equal(_round_to_format(u.astype(np.float64), fmt) * 0.375, want)
+
+
 # ---------------------------------------------------------------- methods
 def test_max_is_amax():
     x = gauss_outliers()
