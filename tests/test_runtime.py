@@ -24,7 +24,7 @@ NATIVE = [n for n in formats.names() if formats.get(n).onnx_type is not None]
 
 def _model(nodes, inputs, outputs, inits=(), opset=21):
     graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", opset),
                                                    ops.opset_import()])
 
 
@@ -53,7 +53,7 @@ def native_qdq_session(fmt, axis, channels, saturate):
     nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"], **qa),
              helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], **da)]
     graph = helper.make_graph(nodes, "qdq", [_vi("x"), _vi("scale")], [_vi("y")], [zp])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21)])
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 

@@ -34,7 +34,7 @@ def weight_model(weight_op="fq", scale=WS, share=False):
         outputs.append(helper.make_tensor_value_info("y2", T.FLOAT, [None, 5]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [None, 6])],
                               outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
 
 
 @pytest.mark.parametrize("weight_op", ["fq", "dq"])

@@ -26,7 +26,7 @@ def fq_model(fmt="e4m3", axis=1, extra=None):
         [node], "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 4]),
                       helper.make_tensor_value_info("scale", T.FLOAT, None)],
         [helper.make_tensor_value_info("y", T.FLOAT, ["N", 4])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
 
 
 X = np.arange(-8, 8, dtype=np.float32).reshape(4, 4) * 0.37
@@ -110,8 +110,17 @@ def test_missing_model_file_and_gpu_provider_are_user_errors(tmp_path):
 
 def test_missing_api_version_names_the_onnxruntime_needed(monkeypatch):
     monkeypatch.setattr(_capi, "ORT_API_VERSION", 10_000)
-    with pytest.raises(OrtUnavailableError, match=r"onnxruntime>=1\.18"):
+    with pytest.raises(OrtUnavailableError, match=r"onnxruntime>=1\.19"):
         _capi.Api(_capi.library_path())
+
+
+def test_wheel_without_the_c_library_names_the_onnxruntime_needed(monkeypatch, tmp_path):
+    import onnxruntime
+
+    (tmp_path / "onnxruntime" / "capi").mkdir(parents=True)
+    monkeypatch.setattr(onnxruntime, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
+    with pytest.raises(OrtUnavailableError, match=r"libonnxruntime.*onnxruntime>=1\.19"):
+        _capi.library_path()
 
 
 def test_two_threads_running_one_session_get_correct_results():

@@ -55,7 +55,7 @@ def model(nodes, inits, inputs=("x",), opset=21):
     graph = helper.make_graph(nodes, "bench",
                               [helper.make_tensor_value_info(n, T.FLOAT, None) for n in inputs],
                               [helper.make_tensor_value_info("y", T.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), ops.opset_import()])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", opset), ops.opset_import()])
 
 
 def scale_init(name, values):

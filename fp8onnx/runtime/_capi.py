@@ -29,9 +29,12 @@ from ..errors import Fp8OnnxError, UserError
 __all__ = ["ORT_API_VERSION", "MIN_ORT_VERSION", "OrtError", "OrtUserError", "OrtUnavailableError",
            "api", "library_path"]
 
-#: The C API version fp8onnx is written against (onnxruntime 1.18).
+#: The C API version fp8onnx is written against (onnxruntime 1.18's; every later release
+#: serves it).
 ORT_API_VERSION = 18
-MIN_ORT_VERSION = "1.18"
+#: The first onnxruntime whose Linux wheel ships capi/libonnxruntime.so (1.18.0 has only
+#: the Python extension, which exports no C API); checked on 1.18.0, 1.19.0, 1.20.0, 1.22.0.
+MIN_ORT_VERSION = "1.19"
 
 # ONNXTensorElementDataType / OrtErrorCode values used across the runtime package.
 ORT_OK, ORT_FAIL, ORT_INVALID_ARGUMENT = 0, 1, 2
@@ -148,8 +151,9 @@ def library_path() -> str:
         if hits:
             return hits[-1]
     raise OrtUnavailableError(
-        f"no ONNX Runtime C library in {capi}: install the official wheel, "
-        f"`pip install 'onnxruntime>={MIN_ORT_VERSION}'`", code="NO_SUCHFILE")
+        f"no ONNX Runtime C library (libonnxruntime) in {capi}: fp8onnx.runtime needs an "
+        f"official onnxruntime wheel >= {MIN_ORT_VERSION}; run "
+        f"`pip install -U 'onnxruntime>={MIN_ORT_VERSION}'`", code="NO_SUCHFILE")
 
 
 class _OrtApiBase(ctypes.Structure):

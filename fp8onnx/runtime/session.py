@@ -13,7 +13,8 @@ session at the same time.
 >>> node = ops.make_fake_quant_node("x", "s", "y", format="e4m3")
 >>> graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", T.FLOAT, [2])],
 ...     [helper.make_tensor_value_info("y", T.FLOAT, [2])], [helper.make_tensor("s", T.FLOAT, [], [1.0])])
->>> model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
+>>> model = helper.make_model(graph, ir_version=10,
+...     opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
 >>> InferenceSession(model).run(None, {"x": np.array([0.3, 500.0], np.float32)})[0].tolist()
 [0.3125, 448.0]
 """
@@ -142,6 +143,245 @@ class InferenceSession:
         self._outputs = self._args(api.SessionGetOutputCount, api.SessionGetOutputName,
                                    api.SessionGetOutputTypeInfo)
         self._output_names = [a.name for a in self._outputs]
+        self._name_arrays = {}
+
+    # -- creation ------------------------------------------------------------------------
+    def _apply_options(self, options, so):
+        api = self._api
+        if so is None:
+            # Quiet like the environment: errors come back as exceptions (see _capi).
+            api.check(api.SetSessionLogSeverityLevel(options, 4))
+            return
+        api.check(api.SetIntraOpNumThreads(options, int(so.intra_op_num_threads)))
+        api.check(api.SetInterOpNumThreads(options, int(so.inter_op_num_threads)))
+        api.check(api.SetSessionExecutionMode(options, int(getattr(so.execution_mode, "value",
+                                                                   so.execution_mode))))
+        level = so.graph_optimization_level
+        api.check(api.SetSessionGraphOptimizationLevel(
+            options, _OPT_LEVELS.get(getattr(level, "name", ""), int(getattr(level, "value", 99)))))
+        api.check(api.SetSessionLogSeverityLevel(options, int(so.log_severity_level)))
+        if not so.enable_cpu_mem_arena:
+            api.check(api.DisableCpuMemArena(options))
+        if not so.enable_mem_pattern:
+            api.check(api.DisableMemPattern(options))
+        if so.optimized_model_filepath:
+            path = so.optimized_model_filepath
+            self._optimized_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
+            api.check(api.SetOptimizedModelFilePath(options, self._optimized_path))
+
+    def _create(self, options, model):
+        api = self._api
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data = bytes(model)
+            return api.out(api.CreateSessionFromArray, api.env, data, len(data), options)
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise _capi.OrtUserError(f"model file {path!r} does not exist: pass an existing "
+                                     f".onnx path, bytes or an onnx.ModelProto", code="NO_SUCHFILE")
+        # ORTCHAR_T is wchar_t on Windows and char elsewhere.
+        c_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
+        return api.out(api.CreateSession, api.env, c_path, options)
+
+    def _args(self, count_fn, name_fn, type_fn):
+        api, sess = self._api, self._session
+        n = api.out(count_fn, sess, ctype=c_size_t)
+        args = []
+        for i in range(n):
+            name = api.take_string(api.out(name_fn, sess, i, api.allocator))
+            type_info = api.out(type_fn, sess, i)
+            try:
+                args.append(NodeArg(name, *self._describe(type_info)))
+            finally:
+                api.ReleaseTypeInfo(type_info)
+        return args
+
+    def _describe(self, type_info):
+        api = self._api
+        kind = api.out(api.GetOnnxTypeFromTypeInfo, type_info, ctype=c_int)
+        if kind != 1:
+            return _ONNX_TYPES.get(kind, "unknown"), []
+        info = api.out(api.CastTypeInfoToTensorInfo, type_info)  # owned by type_info
+        elem = api.out(api.GetTensorElementType, info, ctype=c_int)
+        rank = api.out(api.GetDimensionsCount, info, ctype=c_size_t)
+        dims = (c_int64 * rank)()
+        syms = (c_char_p * rank)()
+        api.check(api.GetDimensions(info, dims, rank))
+        api.check(api.GetSymbolicDimensions(info, syms, rank))
+        shape = [d if d >= 0 else ((s.decode() or None) if s else None) for d, s in zip(dims, syms)]
+        return f"tensor({_ELEMENT.get(elem, (str(elem),))[0]})", shape
+
+    # -- onnxruntime.InferenceSession's interface ------------------------------------------
+    def get_inputs(self):
+        return list(self._inputs)
+
+    def get_outputs(self):
+        return list(self._outputs)
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        api = self._api
+        md = api.out(api.SessionGetModelMetadata, self._session)
+        try:
+            def text(fn):
+                return api.take_string(api.out(fn, md, api.allocator))
+
+            keys_p, nkeys = ctypes.POINTER(c_void_p)(), c_int64(0)
+            api.check(api.ModelMetadataGetCustomMetadataMapKeys(md, api.allocator,
+                                                                 ctypes.byref(keys_p), ctypes.byref(nkeys)))
+            custom = {}
+            if keys_p:
+                keys = [api.take_string(keys_p[i]) for i in range(nkeys.value)]
+                api.check(api.AllocatorFree(api.allocator, ctypes.cast(keys_p, c_void_p)))
+                for k in keys:
+                    custom[k] = api.take_string(api.out(api.ModelMetadataLookupCustomMetadataMap,
+                                                        md, api.allocator, k.encode()))
+            return ModelMetadata(
+                text(api.ModelMetadataGetProducerName), text(api.ModelMetadataGetGraphName),
+                text(api.ModelMetadataGetDomain), text(api.ModelMetadataGetDescription),
+                text(api.ModelMetadataGetGraphDescription),
+                api.out(api.ModelMetadataGetVersion, md, ctype=c_int64), custom)
+        finally:
+            api.ReleaseModelMetadata(md)
+
+    def _names(self, names):
+        """A C array of the encoded ``names``, cached (ONNX Runtime only reads it)."""
+        key = tuple(names)
+        arr = self._name_arrays.get(key)
+        if arr is None:
+            arr = self._name_arrays[key] = (c_char_p * len(key))(*[k.encode() for k in key])
+        return arr
+
+    def run(self, output_names, input_feed, run_options=None):
+        """Outputs named by ``output_names`` (all when None) for the ``input_feed`` dict."""
+        if run_options is not None:
+            raise ValueError("run_options are not supported by fp8onnx.runtime: pass None")
+        api = self._api
+        names = list(output_names) if output_names else self._output_names
+        arrays, values = [], []
+        try:
+            for name, value in input_feed.items():
+                arr = np.ascontiguousarray(value)
+                code = _FROM_NUMPY.get(arr.dtype)
+                if code is None:
+                    raise ValueError(f"input {name!r} has dtype {arr.dtype}, which fp8onnx.runtime "
+                                     f"cannot pass; convert it to the model's input type")
+                arrays.append(arr)
+                values.append(api.out(api.CreateTensorWithDataAsOrtValue, api.cpu_memory_info,
+                                      arr.ctypes.data, arr.nbytes, (c_int64 * arr.ndim)(*arr.shape),
+                                      arr.ndim, code))
+            out_values = (c_void_p * len(names))()
+            api.check(api.Run(self._session, None, self._names(input_feed), (c_void_p * len(values))(*values),
+                              len(values), self._names(names), len(names), out_values))
+        finally:
+            for v in values:
+                api.ReleaseValue(v)
+        results = []
+        try:
+            for i, value in enumerate(out_values):
+                results.append(self._to_numpy(value, names[i]))
+        except Exception:
+            for value in out_values[len(results) + 1:]:
+                api.ReleaseValue(value)
+            raise
+        return results
+
+    def _to_numpy(self, value, name):
+        """An array over the output ``value``'s buffer; releases ``value`` on failure."""
+        api = self._api
+        info = c_void_p()
+        status = api.GetTensorTypeAndShape(value, ctypes.byref(info))
+        try:
+            if status:
+                api.ReleaseStatus(status)
+                raise _capi.OrtError(f"output {name!r} is not a tensor: fp8onnx.runtime returns "
+                                     f"tensors only", code="NOT_IMPLEMENTED")
+            elem = api.out(api.GetTensorElementType, info, ctype=c_int)
+            dtype = _ELEMENT.get(elem, (None, None))[1]
+            if dtype is None:
+                raise _capi.OrtError(f"output {name!r} has element type "
+                                     f"{_ELEMENT.get(elem, (elem,))[0]}, which fp8onnx.runtime "
+                                     f"does not return", code="NOT_IMPLEMENTED")
+            rank = api.out(api.GetDimensionsCount, info, ctype=c_size_t)
+            dims = (c_int64 * rank)()
+            api.check(api.GetDimensions(info, dims, rank))
+            data = api.out(api.GetTensorMutableData, value)
+        except Exception:
+            api.ReleaseValue(value)
+            raise
+        finally:
+            if info:
+                api.ReleaseTensorTypeAndShapeInfo(info)
+        # ONNX Runtime's tensors hold their allocator, so the array may outlive the session.
+        return np.asarray(_OutputBuffer(api, value, data, list(dims), dtype))
+
+    def __del__(self):
+        release, self._release = self._release, None
+        if release is not None and self._value:
+            release(self._value)
+
+
+def _folded(model):
+    """``model`` with constant ai.fp8onnx nodes folded, as bytes (or as given when none)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        proto = onnx.load_from_string(bytes(model))
+    elif isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            return model  # reported by _create
+        proto = onnx.load(path, load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            return model  # external data is resolved relative to the path: keep it
+    result, n = fold_constant_ops(proto)
+    return result if n else model
+
+
+class InferenceSession:
+    """Run an ONNX model with the fp8onnx custom ops registered (CPU).
+
+    ``model_or_path``: a path, serialized bytes or an ``onnx.ModelProto``.
+    ``sess_options``: an ``onnxruntime.SessionOptions``; its thread counts, execution
+    mode, graph optimization level, log level, memory-arena and memory-pattern settings
+    are applied. ``providers``: only ``CPUExecutionProvider`` (the custom ops are CPU).
+    ``fold_constants``: compute ai.fp8onnx nodes whose inputs are all initializers (the
+    fake-quantized weights) once, at creation, so ONNX Runtime sees constant weights
+    and pre-packs them (see :mod:`fp8onnx.runtime.fold`); results are bit-identical.
+    Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
+    when the model or the inputs are at fault), with ONNX Runtime's message.
+    """
+
+    def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
+                 *, fold_constants=True, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        for p in providers or ():
+            name = p[0] if isinstance(p, tuple) else p
+            if name != "CPUExecutionProvider":
+                raise ValueError(f"provider {name!r} is not supported: fp8onnx's custom ops run on "
+                                 f"CPU; pass providers=['CPUExecutionProvider'] or None")
+        self._api = api = _capi.api()
+        self._domain = _customops.domain()  # keeps the op structures alive with the session
+        self._session = None
+        if fold_constants:
+            model_or_path = _folded(model_or_path)
+        options = api.out(api.CreateSessionOptions)
+        try:
+            self._apply_options(options, sess_options)
+            api.check(api.AddCustomOpDomain(options, self._domain.handle))
+            self._session = self._create(options, model_or_path)
+        finally:
+            api.ReleaseSessionOptions(options)
+        self._inputs = self._args(api.SessionGetInputCount, api.SessionGetInputName,
+                                  api.SessionGetInputTypeInfo)
+        self._outputs = self._args(api.SessionGetOutputCount, api.SessionGetOutputName,
+                                   api.SessionGetOutputTypeInfo)
+        self._output_names = [a.name for a in self._outputs]
+        self._name_arrays = {}
 
     # -- creation ------------------------------------------------------------------------
     def _apply_options(self, options, so):
