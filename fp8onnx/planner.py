@@ -170,6 +170,9 @@ def _decide(spec, m, path, graph, index, recipe) -> UnitDecision:
     if reason:
         d.notes.append(reason)
         return d
+    if not spec.activations and not spec.weights:
+        d.notes.append(f"{spec.unit} is kept float as one unit (an activation function)")
+        return d
     if afmt:
         if path != "main":
             d.notes.append("activations kept float: inside a subgraph, which calibration cannot observe")

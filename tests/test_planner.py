@@ -179,3 +179,20 @@ def test_subgraph_units_are_weights_only():
     assert u["then_mm"].graph_path == "main/branch.then_branch"
     assert u["then_mm"].status == "weights only" and "subgraph" in u["then_mm"].notes[0]
     assert plan.activation_tensors() == []
+
+
+def test_decomposed_hardswish_is_one_float_unit_in_extended():
+    r = B.rng()
+    m = B.model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                 helper.make_node("Add", ["c", "three"], ["a"], name="hs_add"),
+                 helper.make_node("Clip", ["a", "zero", "six"], ["cl"], name="hs_clip"),
+                 helper.make_node("Mul", ["c", "cl"], ["mm"], name="hs_mul"),
+                 helper.make_node("Div", ["mm", "six"], ["y"], name="hs_div")],
+                [B.vi("x", [1, 2, 4, 4])], [B.vi("y", [1, 2, 4, 4])],
+                [B.init("w", r.normal(size=(2, 2, 1, 1)).astype(np.float32)),
+                 B.init("three", np.array(3, np.float32)), B.init("zero", np.array(0, np.float32)),
+                 B.init("six", np.array(6, np.float32))])
+    u = units(plan_quantization(m, Recipe(scheme="extended")))
+    assert u["hs_add"].unit == "hardswish" and u["hs_add"].status == "float"
+    assert sorted(u["hs_add"].nodes) == ["hs_add", "hs_clip", "hs_div", "hs_mul"]
+    assert u["conv"].status == "quantized"

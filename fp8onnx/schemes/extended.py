@@ -13,6 +13,7 @@ EXTENDED = STANDARD.extend("extended", (
     UnitSpec("layernorm_decomposed", P["layernorm_decomposed"], activations=("x",)),
     UnitSpec("layernorm", P["layernorm"], activations=("x",)),
     UnitSpec("batchnorm", P["batchnorm"], activations=("x",)),
+    UnitSpec("hardswish", P["hardswish_decomposed"]),  # claims its nodes: nothing inside
     UnitSpec("add", P["add"], activations=("a", "b")),
     UnitSpec("mul", P["mul"], activations=("a", "b")),
     UnitSpec("div", P["div"], activations=("a", "b")),

@@ -116,6 +116,14 @@ PATTERNS = {p.name: p for p in (
         PNode("add", ("Add",), ("%mul", "#beta"), commutative=True),
     )),
     Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),)),
+    # Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(6) : HardSwish as Paddle exports it; one
+    # activation function, so the extended scheme inserts nothing inside it
+    Pattern("hardswish_decomposed", "add", (
+        PNode("add", ("Add",), ("$x", "#three"), commutative=True),
+        PNode("clip", ("Clip",), ("%add",)),
+        PNode("mul", ("Mul",), ("$x", "%clip"), commutative=True),
+        PNode("div", ("Div", "Mul"), ("%mul", "#sixth")),
+    )),
     Pattern("add", "op", (PNode("op", ("Add",), ("$a", "$b")),)),
     Pattern("mul", "op", (PNode("op", ("Mul",), ("$a", "$b")),)),
     Pattern("div", "op", (PNode("op", ("Div",), ("$a", "$b")),)),
