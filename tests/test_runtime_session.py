@@ -196,3 +196,13 @@ def test_api_matches_onnxruntime(tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     y = InferenceSession(path, so).run(["y"], {"x": X, "scale": np.float32(1)})
     assert len(y) == 1 and y[0].shape == X.shape and y[0].dtype == np.float32
+
+
+def test_public_api_and_light_import():
+    import fp8onnx.runtime as rt
+
+    assert all(hasattr(rt, name) for name in rt.__all__)
+    assert rt.ops.OP_TYPES == (rt.FAKE_QUANT, rt.DEQUANTIZE, rt.QUANTIZE) and rt.DOMAIN == "ai.fp8onnx"
+    code = "import sys, fp8onnx.runtime; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr  # the compiler imports ops without Numba

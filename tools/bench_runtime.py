@@ -112,6 +112,9 @@ def part1(n, repeats):
     out = np.empty_like(x)
     add("bare kernel fake_quant_tensor, preallocated output (no ORT)",
         lambda: _cast.fake_quant_tensor(x, np.float32(0.01), True, 0, out))
+    out3 = out.reshape(x3.shape)
+    add("bare kernel fake_quant_axis, preallocated output (no ORT)",
+        lambda: _cast.fake_quant_axis(x3, cscale, True, 0, out3))
     ident = model([helper.make_node("Identity", ["x"], ["y"])], [])
     s1 = InferenceSession(ident, options())
     s2 = ort.InferenceSession(ident.SerializeToString(), options(), providers=["CPUExecutionProvider"])

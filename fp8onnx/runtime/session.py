@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from . import _capi, _customops
+from . import _capi
 from .fold import fold_constant_ops
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata"]
@@ -126,6 +126,8 @@ class InferenceSession:
             if name != "CPUExecutionProvider":
                 raise ValueError(f"provider {name!r} is not supported: fp8onnx's custom ops run on "
                                  f"CPU; pass providers=['CPUExecutionProvider'] or None")
+        from . import _customops  # imports Numba; compiles the kernel on first use
+
         self._api = api = _capi.api()
         self._domain = _customops.domain()  # keeps the op structures alive with the session
         self._session = None
@@ -364,6 +366,8 @@ class InferenceSession:
             if name != "CPUExecutionProvider":
                 raise ValueError(f"provider {name!r} is not supported: fp8onnx's custom ops run on "
                                  f"CPU; pass providers=['CPUExecutionProvider'] or None")
+        from . import _customops  # imports Numba; compiles the kernel on first use
+
         self._api = api = _capi.api()
         self._domain = _customops.domain()  # keeps the op structures alive with the session
         self._session = None
