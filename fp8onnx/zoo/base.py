@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -120,7 +120,7 @@ class ZooEntry:
         copy.CopyFrom(self._proto())
         return copy
 
-    def io_names(self):
+    def io_names(self) -> Tuple[str, str]:
         """(first non-initializer input name, first output name) of the FP32 model."""
         model = self._proto()
         inits = {i.name for i in model.graph.initializer}
@@ -135,11 +135,15 @@ class ZooEntry:
         return self._model
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
-        """Up to ``n`` feed dicts of real calibration data (disjoint from eval)."""
+        """Feed dicts holding up to ``n`` samples of real calibration data.
+
+        ``n`` counts samples (images, text lines, sentences), which an entry may batch
+        several to a feed; the data never overlaps ``eval_feeds``.
+        """
         raise NotImplementedError
 
     def eval_feeds(self, n: int) -> Iterator[Feeds]:
-        """Up to ``n`` feed dicts of the held-out evaluation split."""
+        """Feed dicts holding up to ``n`` samples of the held-out evaluation split."""
         raise NotImplementedError
 
     def evaluate(self, model: Optional[ModelLike] = None, *, n: Optional[int] = None,
