@@ -34,6 +34,12 @@ def must_run(entry: zoo.ZooEntry) -> bool:
 
 
 @pytest.fixture
+def zoo_must_run():
+    """``must_run(entry)``: whether the entry's packages are all in the dev extra."""
+    return must_run
+
+
+@pytest.fixture
 def zoo_entry():
     """Factory: ``zoo_entry("digits_cnn")`` -> ZooEntry, or skip/fail with the install hint."""
 

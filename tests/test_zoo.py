@@ -303,8 +303,7 @@ def test_missing_model_package_skips_with_hint(monkeypatch, name, module):
         e.load()
 
 
-def test_dev_extra_entries_are_mandatory():
-    from conftest import must_run
-
+def test_dev_extra_entries_are_mandatory(zoo_must_run):
+    must_run = zoo_must_run
     assert must_run(zoo.get("digits_cnn")) and must_run(zoo.get("ppocr_rec"))
     assert not must_run(zoo.get("minilm_l6"))   # torch is never a dev dependency
