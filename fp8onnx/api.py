@@ -101,10 +101,12 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
 
-    pm = PassManager([InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate), Annotate(recipe),
-                      TopologicalSort()], instruments=instruments, skip=skip, name="quantize")
-    insert = pm.passes[0]
-    work = pm(work).model
+    insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate)
+    work = PassManager([insert], instruments=instruments, skip=skip, name="quantize")(work).model
+    # The map of inserted tensors lets evaluation tools find each quantized tensor's float twin.
+    annotate = Annotate(recipe, extra={"tensors": insert.inserted})
+    work = PassManager([annotate, TopologicalSort()], instruments=instruments, skip=skip,
+                       name="finish")(work).model
     _check(work)
     report = build_report(work, source, plan, insert.inserted, recipe, timing.records,
                           calib_seconds=calib_seconds, total_seconds=time.perf_counter() - t0)

@@ -1,6 +1,10 @@
 """Annotate: write the recipe and the scheme table into the model's ``metadata_props``.
 
-    model -> model + metadata_props{fp8onnx.version, fp8onnx.recipe, fp8onnx.scheme}
+    model -> model + metadata_props{fp8onnx.version, fp8onnx.recipe, fp8onnx.scheme, ...}
+
+``extra`` adds more keys as ``fp8onnx.<key>``; the compiler adds ``fp8onnx.tensors``: for
+every inserted DequantizeLinear/FakeQuant output, the float tensor it stands for, its
+kind (weight or activation), format, amax, scale or axis.
 
 Netron shows metadata_props on the model sidebar, so whoever opens the FP8 model sees
 how it was made; the recipe JSON can be fed back with ``--recipe`` to reproduce it.
