@@ -90,7 +90,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     amax = {}
     tensors = plan.activation_tensors()
     calib_seconds = 0.0
-    if tensors:
+    if tensors and not recipe.dynamic:
         if calibration is None:
             raise UserError(
                 "calibration data is needed for activation scales: pass --calib data.npz (input names "
@@ -101,7 +101,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
 
-    insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate)
+    insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic)
     work = PassManager([insert], instruments=instruments, skip=skip, name="quantize")(work).model
     # The map of inserted tensors lets evaluation tools find each quantized tensor's float twin.
     annotate = Annotate(recipe, extra={"tensors": insert.inserted})

@@ -24,7 +24,8 @@ from . import kernels
 from .graph import NameAllocator
 from .runtime import ops
 
-__all__ = ["Built", "emits_native", "weight_scales", "build_weight", "build_activation", "zero_point"]
+__all__ = ["Built", "emits_native", "weight_scales", "build_weight", "build_activation",
+           "build_activation_dynamic", "zero_point"]
 
 
 @dataclass
@@ -127,3 +128,40 @@ def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, am
         fq.doc_string = doc
         nodes = [fq]
     return Built(out, nodes, inits, {"amax": float(amax), "scale": float(scale), "native": native})
+
+
+def build_activation_dynamic(names: NameAllocator, tensor: str, fmt: _formats.Format, emit: str,
+                             zp_name: str, saturate: bool = True) -> Built:
+    """``x -> DQ(Q(x, s))`` with ``s = max(ReduceMax(|x|) / fmt.max, tiny)`` computed at run time.
+
+    Standard ONNX ops compute the scale, so no calibration is needed; the floor keeps an
+    all-zero tensor from producing a zero scale.
+    """
+    native = emits_native(fmt, emit)
+    fmax = names.tensor(f"{tensor}_fmt_max")
+    tiny = names.tensor(f"{tensor}_scale_floor")
+    absx, amax, raw, scale = (names.tensor(f"{tensor}_{k}") for k in ("abs", "amax", "scale_raw", "scale"))
+    doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}, dynamic: scale = amax(|x|) / {fmt.max:g} at run time"
+    inits = [onnx.numpy_helper.from_array(np.array(fmt.max, np.float32), fmax),
+             onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, np.float32), tiny)]
+    nodes = [
+        helper.make_node("Abs", [tensor], [absx], name=names.node(f"{tensor}_abs")),
+        helper.make_node("ReduceMax", [absx], [amax], name=names.node(f"{tensor}_amax"), keepdims=0),
+        helper.make_node("Div", [amax, fmax], [raw], name=names.node(f"{tensor}_scale_raw")),
+        helper.make_node("Max", [raw, tiny], [scale], name=names.node(f"{tensor}_scale")),
+    ]
+    if native:
+        q_out, dq_out = names.tensor(f"{tensor}_q"), names.tensor(f"{tensor}_dq")
+        q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
+        nodes += [helper.make_node("QuantizeLinear", [tensor, scale, zp_name], [q_out],
+                                   name=names.node(f"{tensor}_q"), **q_attrs),
+                  helper.make_node("DequantizeLinear", [q_out, scale, zp_name], [dq_out],
+                                   name=names.node(f"{tensor}_dq"))]
+        out = dq_out
+    else:
+        out = names.tensor(f"{tensor}_fq")
+        nodes.append(ops.make_fake_quant_node(tensor, scale, out, format=fmt.name, saturate=saturate,
+                                              name=names.node(f"{tensor}_fq")))
+    for n in nodes:
+        n.doc_string = doc
+    return Built(out, nodes, inits, {"dynamic": True, "native": native})

@@ -5,7 +5,9 @@
     Gather(T, ids) -> Gather(DQ(T_fp8, s_T[row]), ids)          embedding, weights only
 
 Requires a :class:`~fp8onnx.planner.Plan` made on this very model and the calibrated
-``amax`` of every activation tensor, keyed by ``(tensor, format name)``. One Q/DQ pair
+``amax`` of every activation tensor, keyed by ``(tensor, format name)``, unless
+``dynamic``: then each activation's scale is computed at run time from its amax
+(``Abs -> ReduceMax -> Div(fmt.max) -> Max(floor)`` feeding the Q/DQ pair). One Q/DQ pair
 per tensor and format, shared by every consumer of that format; weights become FP8
 initializers (uint8 codes behind the custom Dequantize op when emulating); biases stay
 float. New nodes are named after the tensor they quantize (``<tensor>_q``,
@@ -39,12 +41,15 @@ class InsertQDQ(Pass):
     name = "insert_qdq"
 
     def __init__(self, plan: Plan, amax: Dict[Tuple[str, str], float], *, emit: str = "auto",
-                 saturate: bool = True) -> None:
+                 saturate: bool = True, dynamic: bool = False) -> None:
         super().__init__()
         self.plan, self.amax, self.emit, self.saturate = plan, amax, emit, saturate
+        self.dynamic = dynamic
         self.inserted: Dict[str, dict] = {}
 
     def requires(self, model):
+        if self.dynamic:
+            return
         missing = sorted({
             (u.tensor, d.activation_format) for d in self.plan.units for u in d.activation_uses
             if (u.tensor, d.activation_format) not in self.amax
@@ -109,8 +114,11 @@ class InsertQDQ(Pass):
                 if key not in built:
                     native = qdq.emits_native(fmt, self.emit)
                     zp = zero_points.setdefault(fmt.name, names.tensor(f"fp8onnx_zero_{fmt.name}")) if native else ""
-                    b = qdq.build_activation(names, use.tensor, fmt, self.amax[(use.tensor, fmt.name)],
-                                             self.emit, zp, self.saturate)
+                    if self.dynamic:
+                        b = qdq.build_activation_dynamic(names, use.tensor, fmt, self.emit, zp, self.saturate)
+                    else:
+                        b = qdq.build_activation(names, use.tensor, fmt, self.amax[(use.tensor, fmt.name)],
+                                                 self.emit, zp, self.saturate)
                     built[key] = b
                     self.inserted[b.output] = {"kind": "activation", "tensor": use.tensor, "format": fmt.name, **b.info}
                 node.input[use.index] = built[key].output
