@@ -7,7 +7,7 @@ thread and on all threads, the median ns/element of:
 * ours:      fp8onnx.kernels.fake_quant (out= preallocated)
 * ORT:       onnxruntime's QuantizeLinear -> DequantizeLinear session (opset 21, output
              bound to a preallocated buffer; intra_op_num_threads = the thread count)
-* ml_dtypes: (x / s).astype(fp8).astype(float32) * s (one thread: ml_dtypes has no
+* ml_dtypes: (x / s).astype(fp8).astype(float32) * s (numpy and ml_dtypes have no
              threading; for int8, numpy's clip(rint(x / s)) * s; ml_dtypes' float8_e3m4
              is an IEEE-style cousin of the paper's E3M4, timed as the same kind of cast)
 * copy:      np.copyto into a preallocated array: the memory-bandwidth floor
@@ -37,14 +37,18 @@ ML_TYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m4": "float8_e3m4
             "e4m3fnuz": "float8_e4m3fnuz", "e5m2fnuz": "float8_e5m2fnuz"}
 
 
-def median_ns(fn, n, reps):
-    fn()  # warm-up (and first-use compilation / cache load)
-    times = []
+def interleaved_ns(fns, n, reps):
+    """Median ns/element of each callable, timed round-robin so that all of them see the
+    same machine load (this machine is shared: run-to-run noise is large)."""
+    for fn in fns.values():
+        fn()  # warm-up (and first-use compilation / cache load)
+    times = {k: [] for k in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / n * 1e9
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) / n * 1e9 for k, v in times.items()}
 
 
 def ort_runner(fmt, x, scale, axis, threads):
@@ -104,9 +108,6 @@ def main(argv=None):
     x2 = x.reshape(4096, -1)
     out = np.empty_like(x)
     out2 = out.reshape(x2.shape)
-    copy_ns = median_ns(lambda: np.copyto(out, x), n, args.reps)
-    ml_cache = {}
-    rows = []
     for threads in sorted(set(args.threads)):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         for name in args.formats:
@@ -118,19 +119,19 @@ def main(argv=None):
                 else:
                     xx, oo, axis = x2, out2, 0
                     scale = f.scale_for(np.maximum(kernels.amax(x2, axis=0), 1e-6))
-                ours = median_ns(lambda: kernels.fake_quant(f, xx, scale, axis=axis, out=oo),
-                                 n, args.reps)
-                ort_ns = (median_ns(ort_runner(f, xx, scale, axis, threads), n, args.reps)
-                          if f.onnx_type is not None else float("nan"))
-                key = (name, scheme)
-                if key not in ml_cache:  # single-threaded whatever the row: measure once
-                    ml_cache[key] = median_ns(ml_runner(f, xx, scale, axis), n, max(3, args.reps // 3))
-                rows.append((name, scheme, threads, ours, ort_ns, ml_cache[key], copy_ns))
-                print(f"  measured {name:9s} {scheme:7s} threads={threads}: {ours:.3f} ns/el",
+                fns = {"ours": lambda: kernels.fake_quant(f, xx, scale, axis=axis, out=oo)}
+                if f.onnx_type is not None:
+                    fns["ort"] = ort_runner(f, xx, scale, axis, threads)
+                fns["ml"] = ml_runner(f, xx, scale, axis)
+                fns["copy"] = lambda: np.copyto(out, x)
+                t = interleaved_ns(fns, n, args.reps)
+                rows.append((name, scheme, threads, t["ours"], t.get("ort", float("nan")),
+                             t["ml"], t["copy"]))
+                print(f"  measured {name:9s} {scheme:7s} threads={threads}: {t['ours']:.3f} ns/el",
                       file=sys.stderr, flush=True)
 
-    print(f"\nfake_quant on {n} float32 elements, median of {args.reps} runs, ns/element "
-          f"(numpy copy {copy_ns:.3f} ns/el)\n")
+    print(f"\nfake_quant on {n} float32 elements, median of {args.reps} interleaved runs, "
+          f"ns/element; ml_dtypes and copy are single-threaded in every row\n")
     hdr = ("| format | scales | threads | ours | ORT Q->DQ | ml_dtypes | copy | "
            "ORT/ours | ml_dtypes/ours | ours/copy |")
     print(hdr)
