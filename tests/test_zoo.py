@@ -335,3 +335,13 @@ def test_default_session_keeps_relu_before_fp8_quantize():
     plain = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
     if plain[0] == 0.0:
         pytest.skip("this onnxruntime no longer drops the Relu; ORT_FP8_UNSAFE may be shortened")
+
+
+def test_cli_fp8_compiles_and_compares_bundled_model(capsys):
+    from fp8onnx.zoo.__main__ import main
+    from fp8onnx.zoo.fp8eval import fp8_vs_fp32
+
+    r = fp8_vs_fp32(zoo.get("digits_cnn"), format="e4m3")
+    assert r["fp32"] > 0.99 and r["relative_loss"] < 0.02   # paper: E4M3 CNNs lose < 1-2%
+    assert main(["digits_mlp", "--fp8", "--format", "e4m3"]) == 0
+    assert "relative loss" in capsys.readouterr().out

@@ -1,7 +1,9 @@
-"""``python -m fp8onnx.zoo``: list the zoo, with FP32 metrics, timings and model facts.
+"""``python -m fp8onnx.zoo``: list the zoo, with FP32 metrics, timings and model facts;
+with ``--fp8``, compile each entry and print the FP8 metric and relative loss.
 
-    python -m fp8onnx.zoo                    # every entry: status, FP32 metric, times
-    python -m fp8onnx.zoo digits_cnn --facts # one entry, with structural facts as JSON
+    python -m fp8onnx.zoo                        # every entry: status, FP32 metric, times
+    python -m fp8onnx.zoo digits_cnn --facts     # one entry, with structural facts as JSON
+    python -m fp8onnx.zoo --fp8 --format e3m4    # compile + evaluate every available entry
 """
 from __future__ import annotations
 
@@ -14,11 +16,27 @@ from . import ZooSkip, entries, get
 from .facts import describe
 
 
+def _fp8_row(e, args) -> str:
+    from .fp8eval import fp8_vs_fp32
+
+    opts = {k: v for k, v in (("format", args.format), ("scheme", args.scheme),
+                              ("calib_method", args.calib_method)) if v}
+    r = fp8_vs_fp32(e, calib_n=args.calib_n, eval_n=args.n, **opts)
+    extra = "".join(f" {k}={v:.4f}" for k, v in r["details"].items())
+    return (f"{e.name:18s} fp32 {r['fp32']:.4f}  fp8 {r['fp8']:.4f}  relative loss "
+            f"{r['relative_loss']:+.4f}{extra}  compile {r['compile_s']:.1f}s eval {r['eval_s']:.1f}s")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fp8onnx.zoo", description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="entries to run (default: all)")
     ap.add_argument("-n", type=int, default=None, help="eval samples (default: per entry)")
     ap.add_argument("--facts", action="store_true", help="print model facts as JSON")
+    ap.add_argument("--fp8", action="store_true", help="compile with fp8onnx and compare")
+    ap.add_argument("--format", default=None, help="with --fp8: FP8 format (default: compiler's)")
+    ap.add_argument("--scheme", default=None, help="with --fp8: operator scheme")
+    ap.add_argument("--calib-method", default=None, help="with --fp8: calibration method")
+    ap.add_argument("--calib-n", type=int, default=32, help="with --fp8: calibration samples")
     args = ap.parse_args(argv)
     try:
         chosen = [get(n) for n in args.names] if args.names else entries()
@@ -27,6 +45,9 @@ def main(argv=None) -> int:
         return 2
     for e in chosen:
         try:
+            if args.fp8:
+                print(_fp8_row(e, args), flush=True)
+                continue
             t0 = time.perf_counter()
             model = e.load()
             t_load = time.perf_counter() - t0
@@ -39,7 +60,7 @@ def main(argv=None) -> int:
         n = e.default_eval_n if args.n is None else args.n
         extra = "".join(f" {k}={v:.4f}" for k, v in e.last_details.items())
         print(f"{e.name:18s} {e.domain}/{e.family:11s} {e.metric_name}: {metric:.4f} (n={n}){extra}"
-              f"  load {t_load:.2f}s eval {t_eval:.2f}s")
+              f"  load {t_load:.2f}s eval {t_eval:.2f}s", flush=True)
         if args.facts:
             print(json.dumps(describe(model), indent=1))
     return 0
