@@ -187,7 +187,7 @@ class MobileNetV2Entry(ZooEntry):
         self.check_available()
         x = _split(split)[:n]
         for i in range(0, len(x), self.batch):
-            yield {"input": x[i:i + self.batch]}
+            yield {"input": x[i:i + self.batch].copy()}  # callers may write; the cache stays intact
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
         """Batches of 12 views of 11 calibration photos (110 samples at most)."""

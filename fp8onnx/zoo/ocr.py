@@ -11,7 +11,8 @@ Metrics (higher is better):
 * ``ppocr_rec``: character accuracy, 1 - edit distance / length, of the recognised line
   against the string that was rendered (ground truth);
 * ``ppocr_det``: the full OCR text of each held-out page with the model under test as
-  detector (FP32 rec) compared with the FP32 pipeline's text, as character agreement;
+  detector (FP32 rec) compared with the FP32 pipeline's text, as character agreement
+  (``last_details["pages_identical"]``: fraction of pages read exactly alike);
 * ``ppocr_cls``: agreement of the predicted 0/180 label with the FP32 model's
   (every second evaluation line is shown upside down, so both classes occur).
 
@@ -259,10 +260,10 @@ class OcrDetEntry(_Ocr):
 
         post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000,
                              unclip_ratio=1.6, use_dilation=True, score_mode="fast")
-        rec = _rec_entry()
-        if "rec_session" not in self._ref_cache:
-            self._ref_cache["rec_session"] = ort_session(model_bytes(rec._proto()))
-        rec_sess = self._ref_cache["rec_session"]
+        if "rec" not in self._ref_cache:   # the FP32 recogniser every det run shares
+            rec = OcrRecEntry()
+            self._ref_cache["rec"] = (rec, ort_session(model_bytes(rec._proto())))
+        rec, rec_sess = self._ref_cache["rec"]
         rec_in, _ = rec.io_names()
         _, out = self.io_names()
         texts = []
@@ -278,6 +279,7 @@ class OcrDetEntry(_Ocr):
     def _evaluate(self, session, n: int) -> float:
         ref = self._fp32_reference(("pages", n), lambda s: self.read_pages(s, n))
         got = self.read_pages(session, n)
+        self.last_details = {"pages_identical": float(np.mean([g == r for g, r in zip(got, ref)]))}
         return float(np.mean([char_accuracy(g, r) for g, r in zip(got, ref)]))
 
 
@@ -295,11 +297,6 @@ def _crop(img: np.ndarray, box: np.ndarray) -> np.ndarray:
     m = cv2.getPerspectiveTransform(quad, dst)
     return cv2.warpPerspective(img, m, (max(w, 1), max(h, 1)), borderMode=cv2.BORDER_REPLICATE,
                                flags=cv2.INTER_CUBIC)
-
-
-@lru_cache(maxsize=1)
-def _rec_entry() -> OcrRecEntry:
-    return OcrRecEntry()
 
 
 def ocr_entries():
