@@ -39,7 +39,7 @@ def test_float16_and_float64_are_converted_to_float32_first(dtype):
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_, np.complex64, object])
 def test_non_float_x_is_refused(dtype):
-    with pytest.raises(ValueError, match=f"x has dtype .*pass a float32 array"):
+    with pytest.raises(ValueError, match="x has dtype .*pass a float32 array"):
         K.fake_quant("e4m3", np.zeros(3, dtype=dtype), 1.0)
     with pytest.raises(ValueError, match="x has dtype"):
         K.amax(np.zeros(3, dtype=dtype))

@@ -108,6 +108,7 @@ def main(argv=None):
     x2 = x.reshape(4096, -1)
     out = np.empty_like(x)
     out2 = out.reshape(x2.shape)
+    rows = []
     for threads in sorted(set(args.threads)):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         for name in args.formats:

@@ -8,7 +8,8 @@ op, rely on these exact names and signatures):
   uint8 arrays of the same shape for every format (INT8 codes travel as a uint8 view
   of the int8 array); ``scale`` is a float32 scalar (tensor) or a 1-D float32 array of
   length C (axis); ``saturate`` a bool; ``fmt_id`` is ``Format.kernel_id``.
-* The loops never raise and never allocate: they assume the wrapper in
+* The loops never raise (and, but for amax's small scratch arrays, never allocate):
+  they assume the wrapper in
   ``fp8onnx.kernels`` checked dtypes, shapes, contiguity, a finite positive scale and a
   known ``fmt_id`` (an unknown id leaves ``out`` untouched).
 * Semantics are onnxruntime's QuantizeLinear/DequantizeLinear with zero point 0,
@@ -16,22 +17,23 @@ op, rely on these exact names and signatures):
   the reciprocal), rounded to nearest even; ``saturate`` clamps finite overflow and
   +-Inf to +-max; without it overflow becomes NaN (or Inf for E5M2). NaN stays NaN.
   Dequantize is ``decode(code) * scale``; fake-quant is the two fused in one pass.
+  onnxruntime's own departures are followed too (each pinned by a test): without
+  saturation E4M3FN maps |y| in [480, 496) to 448 and E5M2 maps [61440, 65536) to NaN;
+  E5M2 NaN is coded S.11111.11; INT8 NaN becomes -128; -0 is kept except in FNUZ.
 * Every per-element function here is branch-free so the inner loops vectorise; the
   format is dispatched once per call (``_params``), outside the loops.
 
-How the rounding works (why it is fast): for ``a = |y|`` with binade exponent ``E``
-(clamped below to the format's smallest normal exponent, so subnormals share one
-spacing, and above to its largest), adding and subtracting ``C = 2**(E + 23 - m)``
-makes the FPU itself round ``a`` to a multiple of ``2**(E - m)`` with
-round-to-nearest-even: exactly the format's grid. Measured ~0.5 ns/element on one
-core against ~9 ns for onnxruntime's own Q->DQ (``tools/bench_kernels.py``).
+The rounding itself (``_elem``) lets the FPU round: it adds and subtracts a power of two
+chosen from the exponent, so each loop is a handful of vector instructions per 8-16
+elements, as fast as a memory copy on large arrays (``tools/bench_kernels.py``).
 """
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _fq_float, _params, _q_float,
+                    _round_int8, decode_table)
 
 __all__ = [
     "fake_quant_tensor", "fake_quant_axis", "quantize_tensor", "quantize_axis",
@@ -39,183 +41,6 @@ __all__ = [
     "fake_quant_axis_parallel", "quantize_tensor_parallel", "dequantize_tensor_parallel",
     "amax_tensor", "amax_tensor_parallel", "amax_axis", "decode_table", "INT8_ID", "N_FORMATS",
 ]
-
-# error_model="numpy": float division by zero gives Inf instead of a raising branch,
-# which also keeps the loops free of exceptions; no fastmath, which would break the
-# add/subtract rounding trick and NaN handling.
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
-
-INT8_ID = 5
-N_FORMATS = 6
-
-
-@intrinsic
-def _bits(typingctx, x):
-    """float32 -> its int32 bit pattern (a bitcast, no conversion)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def _float(typingctx, b):
-    """int32 bit pattern -> float32 (truncating a wider integer first)."""
-    if not isinstance(b, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if v.type.width != 32:
-            v = builder.trunc(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(b), codegen
-
-
-def _binop32(name):
-    """An int32 op typed int32 -> int32 (Numba would widen int32 arithmetic to int64,
-    which halves the vector width of the loops)."""
-
-    @intrinsic
-    def op(typingctx, a, b):
-        if a != types.int32 or b != types.int32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            x, y = args
-            if name in ("smax", "smin"):
-                pred = ">" if name == "smax" else "<"
-                return builder.select(builder.icmp_signed(pred, x, y), x, y)
-            return getattr(builder, name)(x, y)
-
-        return types.int32(types.int32, types.int32), codegen
-
-    return op
-
-
-_and = _binop32("and_")
-_or = _binop32("or_")
-_add = _binop32("add")
-_sub = _binop32("sub")
-_ashr = _binop32("ashr")
-_smax = _binop32("smax")
-_smin = _binop32("smin")
-
-_SIGN = np.int32(-0x80000000)
-_ABS = np.int32(0x7FFFFFFF)
-_EXP = np.int32(0x7F800000)
-_QNAN = np.int32(0x7FC00000)
-_NEG_QNAN = np.int32(-0x00400000)  # 0xFFC00000
-_INF = np.int32(0x7F800000)
-_24 = np.int32(24)
-_0x80 = np.int32(0x80)
-_0 = np.int32(0)
-
-
-@njit(**_JIT)
-def _params(fmt_id, saturate):
-    """Loop-invariant constants of FP8 format ``fmt_id`` (see the module note).
-
-    Returns (emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band,
-    bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign):
-    exponent-field clamps and the offset making C; the largest finite value; what an
-    overflow becomes (max when saturating, else NaN or Inf) and the decoded NaN bits;
-    the sign mask kept on zero (0 for FNUZ, which has no -0); a band [lo, hi) of |y|
-    that onnxruntime maps to ``band`` (its quirks, below);
-    then the encoder's constants.
-    """
-    # e4m3
-    m, bias, emax, fmax, has_inf, fnuz = 3, 7, 8, np.float32(448.0), False, False
-    if fmt_id == 1:  # e5m2
-        m, bias, emax, fmax, has_inf, fnuz = 2, 15, 15, np.float32(57344.0), True, False
-    elif fmt_id == 2:  # e3m4 (the paper's: bias 3, max 30, S.111.1111 NaN only)
-        m, bias, emax, fmax, has_inf, fnuz = 4, 3, 4, np.float32(30.0), False, False
-    elif fmt_id == 3:  # e4m3fnuz
-        m, bias, emax, fmax, has_inf, fnuz = 3, 8, 7, np.float32(240.0), False, True
-    elif fmt_id == 4:  # e5m2fnuz
-        m, bias, emax, fmax, has_inf, fnuz = 2, 16, 15, np.float32(57344.0), False, True
-    emin_bits = np.int32((128 - bias) << 23)
-    emax_bits = np.int32((127 + emax) << 23)
-    c_add = np.int32((23 - m) << 23)
-    nan_bits = _NEG_QNAN if fnuz else _QNAN
-    nan = _float(nan_bits)
-    if saturate:
-        ovf = fmax
-    elif has_inf:
-        ovf = _float(_INF)
-    else:
-        ovf = nan
-    zsign = np.int32(0) if fnuz else _SIGN
-    # Bands of |y| where onnxruntime's encoder departs from round-to-nearest-even
-    # without saturation (pinned by tests): E4M3FN maps [480, 496) to 448; E5M2 maps
-    # [61440, 65536), which rounds past max, to NaN rather than Inf.
-    lo_band = np.float32(0.0)
-    hi_band = np.float32(0.0)
-    band = fmax
-    if fmt_id == 0 and not saturate:
-        lo_band, hi_band, band = np.float32(480.0), np.float32(496.0), fmax
-    elif fmt_id == 1 and not saturate:
-        lo_band, hi_band, band = np.float32(61440.0), np.float32(65536.0), nan
-    bias_bits = np.int32((127 - bias) << 23)
-    min_normal = _float(emin_bits)
-    nan_code = np.int32(0x80) if fnuz else np.int32((1 << (8 - 1)) - 1)
-    ovf_code = np.int32(0x7C) if has_inf else nan_code
-    zcode_sign = np.int32(0) if fnuz else np.int32(0x80)
-    return (emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band,
-            bias_bits, np.int32(23 - m), min_normal, nan_code, ovf_code, zcode_sign)
-
-
-@njit(inline="always", **_JIT)
-def _round_mag(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band):
-    """|y| rounded onto the format grid (overflow -> ovf, NaN -> nan), and y's sign bits."""
-    yb = _bits(y)
-    sign = _and(yb, _SIGN)
-    a = _float(_and(yb, _ABS))
-    eb = _smin(_smax(_and(yb, _EXP), emin_bits), emax_bits)
-    c = _float(_add(eb, c_add))
-    r = (a + c) - c
-    r = ovf if r > fmax else r
-    r = band if (a >= lo_band) & (a < hi_band) else r
-    r = nan if r != r else r
-    return r, sign
-
-
-@njit(inline="always", **_JIT)
-def _fq_float(y, scale, emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band):
-    r, sign = _round_mag(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band)
-    sign = sign if r != 0 else _and(sign, zsign)
-    return _float(_or(_bits(r), sign)) * scale
-
-
-@njit(inline="always", **_JIT)
-def _q_float(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band,
-             bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign):
-    r, sign = _round_mag(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band)
-    normal = _ashr(_sub(_bits(r), bias_bits), shift)
-    sub = _ashr(_sub(_bits(r + min_normal), _bits(min_normal)), shift)
-    code = normal if r >= min_normal else sub
-    code = ovf_code if r > fmax else code
-    code = nan_code if r != r else code
-    s = _and(_ashr(sign, _24), _0x80)
-    s = s if code != _0 else _and(s, zcode_sign)
-    return np.uint8(_or(code, s))
-
-
-@njit(inline="always", **_JIT)
-def _round_int8(y):
-    # onnxruntime (MLAS) clamps in float, then converts with round-half-even; its
-    # max/min instructions turn NaN into -128. "+ 0" makes -0 into +0, as decoding the
-    # integer code 0 gives +0.
-    r = np.float32(np.rint(y)) + np.float32(0.0)
-    r = np.float32(-128.0) if r < np.float32(-128.0) else r
-    r = np.float32(127.0) if r > np.float32(127.0) else r
-    r = np.float32(-128.0) if r != r else r
-    return r
-
 
 # ---------------------------------------------------------------- span loops
 # Each takes whole 1-D C-contiguous spans (callers pass slices) and is a separate,
@@ -252,46 +77,6 @@ def _q_row(x, out, scale, fmt_id, p):
 def _dq_row(codes, out, scale, table):
     for i in range(codes.size):
         out[i] = table[codes[i]] * scale
-
-
-# ---------------------------------------------------------------- decode tables
-
-def _decode_all(fmt_id):
-    """float32 values of all 256 codes of ``fmt_id``, NaN bits as onnxruntime decodes them."""
-    codes = np.arange(256, dtype=np.int64)
-    if fmt_id == INT8_ID:
-        return codes.astype(np.uint8).view(np.int8).astype(np.float32)
-    m, bias, fnuz, ieee, fn = {0: (3, 7, False, False, True), 1: (2, 15, False, True, False),
-                               2: (4, 3, False, False, True), 3: (3, 8, True, False, False),
-                               4: (2, 16, True, False, False)}[fmt_id]
-    e_bits = 7 - m
-    sign = np.where(codes & 0x80, -1.0, 1.0)
-    e = (codes >> m) & ((1 << e_bits) - 1)
-    man = codes & ((1 << m) - 1)
-    mag = np.where(e == 0, man * 2.0 ** (1 - bias - m), (1 + man / 2.0 ** m) * 2.0 ** (e - bias))
-    val = (sign * mag).astype(np.float32)
-    bits = val.view(np.int32).copy()
-    top = (1 << e_bits) - 1
-    if ieee:  # E5M2: top exponent is Inf (mantissa 0) or NaN
-        is_top = e == top
-        bits[is_top & (man == 0)] = np.where(codes & 0x80, _INF | _SIGN, _INF)[is_top & (man == 0)]
-        nan = is_top & (man != 0)
-        bits[nan] = np.where(codes & 0x80, _NEG_QNAN, _QNAN)[nan]
-    elif fn:  # only S.1...1 is NaN
-        nan = (codes & 0x7F) == 0x7F
-        bits[nan] = np.where(codes & 0x80, _NEG_QNAN, _QNAN)[nan]
-    else:  # FNUZ: 0x80 is the one NaN
-        bits[0x80] = _NEG_QNAN
-    return bits.view(np.float32)
-
-
-# One row per kernel_id; a global array, so Numba bakes it into the compiled loops.
-_TABLES = np.stack([_decode_all(i) for i in range(N_FORMATS)])
-
-
-def decode_table(fmt_id):
-    """A copy of the 256 decoded float32 values of format ``fmt_id`` (index = code)."""
-    return _TABLES[fmt_id].copy()
 
 
 # ---------------------------------------------------------------- public loops
