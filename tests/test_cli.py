@@ -154,3 +154,20 @@ def test_debug_shows_traceback_and_dumps_passes(workdir):
 def test_bad_numbers(workdir):
     assert_clean_error(run(str(workdir / "in.onnx"), "-o", str(workdir / "o.onnx"), "--calib", CALIB,
                            "--samples", "0"), "--samples")
+
+
+def test_external_data_output_and_input(tmp_path):
+    # an input saved with external data, compiled to an output with external data
+    src = onnx.load(CNN)
+    ext_in = tmp_path / "in_ext.onnx"
+    onnx.save_model(src, str(ext_in), save_as_external_data=True, location="in_ext.weights", size_threshold=256)
+    out = tmp_path / "out.onnx"
+    p = run(str(ext_in), "-o", str(out), "--calib", CALIB, "--external-data")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out.onnx.data").exists() or any(f.endswith(".data") for f in os.listdir(tmp_path))
+    q = onnx.load(str(out))  # loads the external tensors from beside the file
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.load(os.path.join(ROOT, "models", "data", "digits_test.npz"))["input"][:32]
+    import onnx_builders as B
+    inline = __import__("fp8onnx").compile(CNN, calibration=CALIB)
+    np.testing.assert_array_equal(B.ort_run(q, {"input": x}), B.ort_run(inline, {"input": x}))
