@@ -206,3 +206,20 @@ def test_public_api_and_light_import():
     code = "import sys, fp8onnx.runtime; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr  # the compiler imports ops without Numba
+
+
+def test_profiling_and_optimized_model_options(tmp_path):
+    import json
+    import os
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = InferenceSession(fq_model(), so)
+    sess.run(None, {"x": X, "scale": np.float32(1)})
+    trace = sess.end_profiling()
+    assert os.path.exists(trace) and trace.startswith(str(tmp_path / "prof"))
+    events = json.load(open(trace))
+    assert any(e.get("args", {}).get("op_name") == ops.FAKE_QUANT for e in events)
+    assert (tmp_path / "opt.onnx").stat().st_size > 0

@@ -6,9 +6,10 @@ Part 1, on N float32 elements (default 16M), one thread: median ns/element of
 DequantizeLinear session, an Identity in each session (the cost of a session call that
 writes a fresh output, the floor for any op), and a numpy copy (memory bandwidth).
 
-Part 2, a small CNN (3 Conv + 2 MatMul): float model vs the same model with FakeQuant
-on every weight (per channel) and activation (per tensor), vs the native FP8 QDQ model,
-medians and ratios to the float model.
+Part 2, a small CNN (3 Conv + 2 MatMul) and a transformer-style MLP (8 MatMul): the float
+model vs the same model with FakeQuant on every weight (per channel) and activation (per
+tensor), vs the native FP8 QDQ model; medians and ratios to the float model. Timings are
+taken round-robin so the noise of a shared machine falls on every variant alike.
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
     python tools/bench_runtime.py --elements 4194304 --repeats 7
@@ -174,29 +175,52 @@ def cnn(kind, batch):
     return model(nodes, inits)
 
 
-def part2(repeats, batch=8, size=64):
-    x = np.random.default_rng(2).standard_normal((batch, 3, size, size)).astype(np.float32)
+def mlp(kind, hidden=512, layers=4):
+    """A transformer-style MLP stack: ``layers`` x (MatMul hidden->4*hidden, Relu, MatMul back)."""
+    rng = np.random.default_rng(3)
+    inits, nodes = [], []
+    fmax = formats.get(FMT).max
+    src = "x"
+    for i in range(2 * layers):
+        k, n = (hidden, 4 * hidden) if i % 2 == 0 else (4 * hidden, hidden)
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        inits.append(helper.make_tensor(f"w{i}", T.FLOAT, w.shape, w.ravel()))
+        xin, wq = src, f"w{i}"
+        if kind != "float":
+            maker = fq_nodes if kind == "fakequant" else qdq_nodes
+            nodes.extend(maker(src, f"x{i}_fq", 4.0 / fmax, 1, 1, inits, f"x{i}"))
+            nodes.extend(maker(f"w{i}", f"w{i}_fq", np.abs(w).max(0) / fmax, n, 1, inits, f"w{i}"))
+            xin, wq = f"x{i}_fq", f"w{i}_fq"
+        out = "y" if i == 2 * layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [xin, wq], [out]))
+        if i % 2 == 0:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        src = out
+    return model(nodes, inits)
+
+
+def part2(repeats, name, build, x):
     runs = [
         ("float model (onnxruntime session)",
-         ort.InferenceSession(cnn("float", batch).SerializeToString(), options(),
+         ort.InferenceSession(build("float").SerializeToString(), options(),
                               providers=["CPUExecutionProvider"])),
-        ("float model (fp8onnx session)", InferenceSession(cnn("float", batch), options())),
+        ("float model (fp8onnx session)", InferenceSession(build("float"), options())),
         ("emulated FP8: FakeQuant on every weight and activation (fp8onnx)",
-         InferenceSession(cnn("fakequant", batch), options())),
+         InferenceSession(build("fakequant"), options())),
         ("  the same without folding the weights' FakeQuant (fold_constants=False)",
-         InferenceSession(cnn("fakequant", batch), options(), fold_constants=False)),
+         InferenceSession(build("fakequant"), options(), fold_constants=False)),
         ("native FP8 QDQ model (onnxruntime session)",
-         ort.InferenceSession(cnn("qdq", batch).SerializeToString(), options(),
+         ort.InferenceSession(build("qdq").SerializeToString(), options(),
                               providers=["CPUExecutionProvider"])),
     ]
     fns = [lambda s=s: s.run(None, {"x": x}) for _, s in runs]
     times = list(zip([label for label, _ in runs], median_seconds(fns, repeats)))
     base = times[0][1]
-    print(f"\nPart 2: 3 Conv + 2 MatMul on a {batch}x3x{size}x{size} batch, one thread, "
-          f"median of {repeats} (format {FMT})")
-    print(f"{'':66s} {'ms':>8s} {'vs float':>9s}")
+    print(f"\nPart 2: {name}, one thread, median of {repeats} (format {FMT})")
+    print(f"{'':74s} {'ms':>8s} {'vs float':>9s}")
     for label, t in times:
-        print(f"{label:66s} {t * 1e3:8.2f} {t / base:8.2f}x")
+        print(f"{label:74s} {t * 1e3:8.2f} {t / base:8.2f}x")
 
 
 def main(argv=None):
@@ -208,7 +232,11 @@ def main(argv=None):
         ap.error("--elements must be a multiple of 262144 (256 channels x 1024)")
     print(f"onnxruntime {ort.__version__}")
     part1(args.elements, args.repeats)
-    part2(args.repeats)
+    rng = np.random.default_rng(2)
+    part2(args.repeats, "CNN, 3 Conv(+Relu) + GlobalAveragePool + 2 MatMul, input 8x3x64x64",
+          lambda kind: cnn(kind, 8), rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
+    part2(args.repeats, "MLP, 4 x (MatMul 512->2048, Relu, MatMul 2048->512), input 256x512",
+          mlp, rng.standard_normal((256, 512)).astype(np.float32))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ class _OutputBuffer:
             release(self._value)
 
 
+def _os_path(path):
+    """A path as ONNX Runtime's ORTCHAR_T string: wchar_t on Windows, char elsewhere."""
+    return ctypes.c_wchar_p(os.fspath(path)) if os.name == "nt" else c_char_p(os.fsencode(path))
+
+
 def _folded(model):
     """``model`` with constant ai.fp8onnx nodes folded, as bytes (or as given when none)."""
     if isinstance(model, (bytes, bytearray, memoryview)):
@@ -166,9 +171,12 @@ class InferenceSession:
             api.check(api.DisableCpuMemArena(options))
         if not so.enable_mem_pattern:
             api.check(api.DisableMemPattern(options))
+        if so.enable_profiling:
+            prefix = so.profile_file_prefix or "onnxruntime_profile_"
+            self._profile_prefix = _os_path(prefix)
+            api.check(api.EnableProfiling(options, self._profile_prefix))
         if so.optimized_model_filepath:
-            path = so.optimized_model_filepath
-            self._optimized_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
+            self._optimized_path = _os_path(so.optimized_model_filepath)
             api.check(api.SetOptimizedModelFilePath(options, self._optimized_path))
 
     def _create(self, options, model):
@@ -182,9 +190,7 @@ class InferenceSession:
         if not os.path.exists(path):
             raise _capi.OrtUserError(f"model file {path!r} does not exist: pass an existing "
                                      f".onnx path, bytes or an onnx.ModelProto", code="NO_SUCHFILE")
-        # ORTCHAR_T is wchar_t on Windows and char elsewhere.
-        c_path = ctypes.c_wchar_p(path) if os.name == "nt" else c_char_p(os.fsencode(path))
-        return api.out(api.CreateSession, api.env, c_path, options)
+        return api.out(api.CreateSession, api.env, _os_path(path), options)
 
     def _args(self, count_fn, name_fn, type_fn):
         api, sess = self._api, self._session
@@ -223,6 +229,11 @@ class InferenceSession:
 
     def get_providers(self):
         return ["CPUExecutionProvider"]
+
+    def end_profiling(self) -> str:
+        """Stop profiling (``sess_options.enable_profiling``); the JSON trace's file name."""
+        api = self._api
+        return api.take_string(api.out(api.SessionEndProfiling, self._session, api.allocator))
 
     def get_modelmeta(self) -> ModelMetadata:
         api = self._api
