@@ -113,41 +113,51 @@ def _mse(stats: TensorStats, fmt) -> float:
 
 
 def _kl(stats: TensorStats, fmt) -> float:
+    """TensorRT-style entropy calibration with the format's grid cells as quantized bins.
+
+    For each candidate threshold (bin edge i): P = the first i bins with the clipped mass
+    added to the last; Q = P's unclipped bins quantized to the grid at scale t/fmt.max,
+    each grid cell's mass spread evenly over its non-empty bins. One candidate at a time:
+    evaluating all at once as (candidates x bins) arrays measured 2.5x slower (more
+    elements: each row spans every bin, not just the i below its threshold).
+    """
     grid = format_grid(fmt)
     hist = stats.hist.astype(np.float64)
     w = stats.bin_width
     last = min(stats.bins, int(np.ceil(stats.amax / w)))
     start = min(last, max(2, stats.bins // 16))  # as TensorRT: not below 1/16 of the range
     ends = np.unique(np.linspace(start, last, min(_MAX_CANDIDATES, last - start + 1)).astype(int))
+    total = hist.sum()
+    cum = np.cumsum(hist)
     best, best_t = np.inf, stats.amax
     for i in ends:
         t = stats.amax if i == last else i * w
-        p = hist[:i].copy()
-        p[-1] += hist[i:].sum()  # the clipped mass lands on the edge
-        scale = t / fmt.max
+        h = hist[:i]
+        p = h.copy()
+        p[-1] += total - cum[i - 1]  # the clipped mass lands on the edge
         centres = (np.arange(i) + 0.5) * w
-        cell = np.searchsorted(grid, _round_to_format(centres / scale, fmt))
-        # Q: each grid cell's mass (outliers excluded) spread over the cell's non-empty bins
-        mass = np.bincount(cell, weights=hist[:i], minlength=grid.size)
-        used = np.bincount(cell, weights=(hist[:i] > 0), minlength=grid.size)
-        q = np.where(hist[:i] > 0, mass[cell] / np.maximum(used[cell], 1), 0.0)
-        kl = _kl_div(p, q)
+        cell = np.searchsorted(grid, _round_to_format(centres / (t / fmt.max), fmt))
+        mass = np.bincount(cell, weights=h, minlength=grid.size)
+        used = np.bincount(cell, weights=(h > 0), minlength=grid.size)
+        q = np.where(h > 0, mass[cell] / np.maximum(used[cell], 1.0), 0.0)
+        kl = _kl_rows(p[None], q[None])[0]
         if kl < best:
             best, best_t = kl, t
     return float(best_t)
 
 
-def _kl_div(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
-    p = p / p.sum()
-    qs = q.sum()
-    if qs <= 0:
-        return np.inf
-    q = q / qs
-    # Smooth as TensorRT: bins where P has mass but Q has none get eps, not a log(0).
+def _kl_rows(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """KL(P || Q) of each row, Q smoothed as TensorRT (eps where P has mass, Q none)."""
+    p = p / p.sum(axis=1, keepdims=True)
+    qs = q.sum(axis=1, keepdims=True)
+    q = q / np.where(qs > 0, qs, 1.0)
     q = np.where((q == 0) & (p > 0), eps, q)
-    q = q / q.sum()
-    m = p > 0
-    return float(np.sum(p[m] * np.log(p[m] / q[m])))
+    q = q / q.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    out = terms.sum(axis=1)
+    out[qs[:, 0] <= 0] = np.inf
+    return out
 
 
 def choose_amax(stats: TensorStats, method: str, fmt, *, percentile: float = 99.99) -> float:

@@ -48,6 +48,16 @@ class TensorStats:
     hist_range: float = 0.0
     missing: str = ""
 
+    def __eq__(self, other) -> bool:  # the dataclass default would compare arrays ambiguously
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        scalars = ("name", "amax", "min", "max", "count", "nan_count", "inf_count",
+                   "hist_range", "missing")
+        return (all(getattr(self, k) == getattr(other, k) for k in scalars)
+                and np.array_equal(self.hist, other.hist))
+
+    __hash__ = None  # mutable: updated in place
+
     @classmethod
     def empty(cls, name: str, bins: int = DEFAULT_BINS) -> "TensorStats":
         """Stats with no data yet and ``bins`` histogram bins (an even number >= 2)."""
