@@ -55,14 +55,18 @@ def has_custom_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == _DOMAIN for n in _nodes(model.graph))
 
 
-def session_for(model: onnx.ModelProto):
-    """A session that runs ``model`` right: ``.run(output_names, feeds) -> list``.
+def session_for(model):
+    """A session that runs ``model`` (ModelProto, bytes or path): ``.run(names, feeds) -> list``.
 
     Models with ``ai.fp8onnx`` ops run on :class:`fp8onnx.runtime.InferenceSession`;
     others on onnxruntime's CPU provider minus the rewrites in :data:`ORT_FP8_UNSAFE`.
     """
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else bytes(model)
-    if isinstance(model, onnx.ModelProto) and has_custom_ops(model):
+    if not isinstance(model, onnx.ModelProto):
+        from ..modelio import load_model
+
+        model = load_model(model)  # bytes or a path (zoo session factories get bytes)
+    data = model.SerializeToString()
+    if has_custom_ops(model):
         from ..runtime import InferenceSession
 
         return InferenceSession(data)
