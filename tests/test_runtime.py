@@ -275,3 +275,25 @@ def test_node_builders_validate_format():
     node = ops.make_quantize_node("x", "s", "y", format="E4M3", saturate=False, name="q")
     assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == {
         "format": b"e4m3", "axis": 1, "saturate": 0}
+
+
+@pytest.mark.parametrize("shape, axis", [((300_001,), None), ((5, 3, 30_000), 1),
+                                         ((1, 40, 5_000), 1), ((70_000, 3), -1)])
+def test_chunked_multithreaded_runs_match_the_kernels(shape, axis):
+    """Large inputs are cut into chunks for ONNX Runtime's thread pool; every op, every cut."""
+    f = formats.get("e5m2")
+    x = (np.random.default_rng(8).standard_normal(shape) * 100).astype(np.float32)
+    scale = np.float32(0.3) if axis is None else np.linspace(0.1, 2, shape[axis]).astype(np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+
+    def run(op, inp, in_type, out_type):
+        node = helper.make_node(op, ["x", "scale"], ["y"], domain=ops.DOMAIN, format="e5m2",
+                                axis=1 if axis is None else axis)
+        m = _model([node], [_vi("x", in_type), _vi("scale")], [_vi("y", out_type)])
+        return InferenceSession(m, so).run(None, {"x": inp, "scale": scale})[0]
+
+    assert_same_bits(run(ops.FAKE_QUANT, x, T.FLOAT, T.FLOAT), f.fake_quant(x, scale, axis=axis))
+    codes = f.quantize(x, scale, axis=axis)
+    np.testing.assert_array_equal(run(ops.QUANTIZE, x, T.FLOAT, T.UINT8), codes)
+    assert_same_bits(run(ops.DEQUANTIZE, codes, T.UINT8, T.FLOAT), f.dequantize(codes, scale, axis=axis))

@@ -123,6 +123,7 @@ _FUNCS = {
     # Called from the Numba kernels through the table address, listed for the record.
     "KernelContext_GetInput": (90, P, [P, c_size_t, _PP]),
     "KernelContext_GetOutput": (91, P, [P, c_size_t, POINTER(c_int64), c_size_t, _PP]),
+    "KernelContext_ParallelFor": (274, P, [P, P, c_size_t, c_size_t, P]),
 }
 
 class OrtError(Fp8OnnxError, RuntimeError):
@@ -182,7 +183,7 @@ class Api:
                 f"{ORT_API_VERSION}: fp8onnx.runtime needs onnxruntime>={MIN_ORT_VERSION}; "
                 f"run `pip install -U 'onnxruntime>={MIN_ORT_VERSION}'`", code="NOT_IMPLEMENTED")
         self.address = addr
-        table = (c_void_p * 256).from_address(addr)
+        table = (c_void_p * (1 + max(i for i, _, _ in _FUNCS.values()))).from_address(addr)
         for name, (index, restype, argtypes) in _FUNCS.items():
             setattr(self, name, ctypes.CFUNCTYPE(restype, *argtypes)(table[index]))
         # ORT_LOGGING_LEVEL_FATAL: failures reach the caller as exceptions, not as logs too.

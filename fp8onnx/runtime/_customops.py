@@ -145,7 +145,8 @@ class _Op:
             f"{node}: input rank above {_kernels.MAX_RANK} is not supported",
         )]
         state = np.array([self.api.address, self.kind, fmt.kernel_id, axis, saturate]
-                         + [ctypes.addressof(m) for m in messages], dtype=np.int64)
+                         + [ctypes.addressof(m) for m in messages] + [_kernels.chunk_address()],
+                         dtype=np.int64)
         assert state.size == _kernels.STATE_SIZE
         return state, messages
 

@@ -8,6 +8,11 @@ kernel state (built in _customops.py) is a small int64 array::
     [2] format kernel_id   [3] axis   [4] saturate
     [5..8] addresses of the NUL-terminated error messages (scale shape, scale value,
            axis, rank), each naming the node, so failures go back through CreateStatus
+    [9] address of the chunk worker handed to KernelContext_ParallelFor
+
+The work is cut into chunks of ~64K elements run by ONNX Runtime's intra-op thread pool
+(inline, one after the other, when the session has one thread); the loops are
+element-wise, so the result does not depend on the cut.
 
 The function reads its inputs through the OrtApi table whose address it is given,
 rather than through addresses frozen at compile time, so the compiled code does not
@@ -30,7 +35,9 @@ from ..kernels import _cast as _k  # the package's loops: one implementation of 
 __all__ = ["FAKE_QUANT", "DEQUANTIZE", "QUANTIZE", "STATE_SIZE", "MAX_RANK", "compute_address"]
 
 FAKE_QUANT, DEQUANTIZE, QUANTIZE = 0, 1, 2
-STATE_SIZE = 9
+STATE_SIZE = 10
+JOB_SIZE = 12
+_CHUNK = 1 << 16  # elements per ParallelFor task: large enough to amortise scheduling
 MAX_RANK = 16
 ORT_INVALID_ARGUMENT = 2
 
@@ -43,7 +50,8 @@ _GET_TENSOR_TYPE_AND_SHAPE = 65
 _GET_INPUT = 90
 _GET_OUTPUT = 91
 _RELEASE_TENSOR_TYPE_AND_SHAPE = 99
-_API_TABLE_LEN = 128
+_PARALLEL_FOR = 274
+_API_TABLE_LEN = 280
 
 
 # ---- intrinsics: the few pointer operations Python-level Numba does not offer -------------
@@ -136,6 +144,58 @@ def _fail(api, message_addr):
     return _call2(api[_CREATE_STATUS], ORT_INVALID_ARGUMENT, message_addr)
 
 
+@njit(inline="always")
+def _run_block(kind, fmt_id, saturate, per_axis, x_addr, y_addr, outer, channels, inner,
+               scale_addr):
+    """The package's loop for one contiguous block: (outer, channels, inner) elements."""
+    n = outer * channels * inner
+    shape = (outer, channels, inner)
+    if kind == FAKE_QUANT:
+        if per_axis:
+            _k.fake_quant_axis(carray(_f32p(x_addr), shape), carray(_f32p(scale_addr), channels),
+                               saturate, fmt_id, carray(_f32p(y_addr), shape))
+        else:
+            _k.fake_quant_tensor(carray(_f32p(x_addr), n), carray(_f32p(scale_addr), 1)[0],
+                                 saturate, fmt_id, carray(_f32p(y_addr), n))
+    elif kind == DEQUANTIZE:
+        if per_axis:
+            _k.dequantize_axis(carray(_u8p(x_addr), shape), carray(_f32p(scale_addr), channels),
+                               fmt_id, carray(_f32p(y_addr), shape))
+        else:
+            _k.dequantize_tensor(carray(_u8p(x_addr), n), carray(_f32p(scale_addr), 1)[0],
+                                 fmt_id, carray(_f32p(y_addr), n))
+    else:
+        if per_axis:
+            _k.quantize_axis(carray(_f32p(x_addr), shape), carray(_f32p(scale_addr), channels),
+                             saturate, fmt_id, carray(_u8p(y_addr), shape))
+        else:
+            _k.quantize_tensor(carray(_f32p(x_addr), n), carray(_f32p(scale_addr), 1)[0],
+                               saturate, fmt_id, carray(_u8p(y_addr), n))
+
+
+def _chunk_impl(job_addr, i):
+    """Chunk ``i`` of the job (see _compute): ``void fn(void* job, size_t i)`` for ParallelFor."""
+    job = carray(_i64p(job_addr), JOB_SIZE)
+    kind, fmt_id, saturate, mode = job[0], job[1], job[2] != 0, job[3]
+    x_addr, y_addr, units, per_chunk = job[4], job[5], job[6], job[7]
+    scale_addr, channels, inner = job[8], job[10], job[11]
+    in_size = 1 if kind == DEQUANTIZE else 4
+    out_size = 1 if kind == QUANTIZE else 4
+    lo = np.int64(i) * per_chunk
+    hi = min(units, lo + per_chunk)
+    if mode == 0:  # per tensor: units are elements
+        _run_block(kind, fmt_id, saturate, False, x_addr + lo * in_size, y_addr + lo * out_size,
+                   hi - lo, 1, 1, scale_addr)
+    elif mode == 1:  # per axis: units are (channels, inner) slabs
+        slab = channels * inner
+        _run_block(kind, fmt_id, saturate, True, x_addr + lo * slab * in_size,
+                   y_addr + lo * slab * out_size, hi - lo, channels, inner, scale_addr)
+    else:  # per axis with outer == 1: units are channels
+        _run_block(kind, fmt_id, saturate, True, x_addr + lo * inner * in_size,
+                   y_addr + lo * inner * out_size, 1, hi - lo, inner, scale_addr + lo * 4)
+
+
+
 def _compute(state_addr, context):
     st_ = carray(_i64p(state_addr), STATE_SIZE)
     api = carray(_u64p(st_[0]), _API_TABLE_LEN)
@@ -191,7 +251,8 @@ def _compute(state_addr, context):
     status = _call2(api[_GET_TENSOR_MUTABLE_DATA], s_value, slot0)
     if status != 0:
         return status
-    scale = carray(_f32p(slots[0]), nscale)
+    scale_addr = slots[0]
+    scale = carray(_f32p(scale_addr), nscale)
     for i in range(nscale):
         s = scale[i]
         if not (s > 0.0 and s < 3.4028235e38):
@@ -209,28 +270,24 @@ def _compute(state_addr, context):
         n *= dims[i]
     if n == 0:
         return 0
-    if kind == FAKE_QUANT:
-        if per_axis:
-            _k.fake_quant_axis(carray(_f32p(x_addr), (outer, channels, inner)), scale, saturate,
-                               fmt_id, carray(_f32p(y_addr), (outer, channels, inner)))
-        else:
-            _k.fake_quant_tensor(carray(_f32p(x_addr), n), scale[0], saturate, fmt_id,
-                                 carray(_f32p(y_addr), n))
-    elif kind == DEQUANTIZE:
-        if per_axis:
-            _k.dequantize_axis(carray(_u8p(x_addr), (outer, channels, inner)), scale, fmt_id,
-                               carray(_f32p(y_addr), (outer, channels, inner)))
-        else:
-            _k.dequantize_tensor(carray(_u8p(x_addr), n), scale[0], fmt_id,
-                                 carray(_f32p(y_addr), n))
-    else:
-        if per_axis:
-            _k.quantize_axis(carray(_f32p(x_addr), (outer, channels, inner)), scale, saturate,
-                             fmt_id, carray(_u8p(y_addr), (outer, channels, inner)))
-        else:
-            _k.quantize_tensor(carray(_f32p(x_addr), n), scale[0], saturate, fmt_id,
-                               carray(_u8p(y_addr), n))
-    return 0
+    # Split the work into chunks of about _CHUNK elements for ONNX Runtime's intra-op
+    # thread pool (KernelContext_ParallelFor runs them inline when it has one thread).
+    if not per_axis:
+        mode, units, per_chunk = 0, n, _CHUNK
+    elif outer > 1:  # whole (channels, inner) slabs
+        mode, units, per_chunk = 1, outer, max(1, _CHUNK // (channels * inner))
+    else:  # runs of channels
+        mode, units, per_chunk = 2, channels, max(1, _CHUNK // inner)
+    job_p = _stack_i64(JOB_SIZE)
+    job = carray(job_p, JOB_SIZE)
+    job[0], job[1], job[2], job[3] = kind, fmt_id, st_[4], mode
+    job[4], job[5], job[6], job[7] = x_addr, y_addr, units, per_chunk
+    job[8], job[9], job[10], job[11] = scale_addr, outer, channels, inner
+    nchunks = (units + per_chunk - 1) // per_chunk
+    if nchunks == 1:  # call the worker directly (one compiled copy of the loops)
+        _call2(st_[9], _address(job_p), 0)
+        return 0
+    return _call5(api[_PARALLEL_FOR], context, st_[9], nchunks, 0, _address(job_p))
 
 
 _COMPILED = None
@@ -239,8 +296,19 @@ _LOCK = threading.Lock()
 
 def compute_address() -> int:
     """Address of the compiled KernelComputeV2 (compiled once per process, on first use)."""
+    return _compiled()[0].address
+
+
+def chunk_address() -> int:
+    """Address of the compiled ParallelFor worker the kernel state must carry (state[9])."""
+    return _compiled()[1].address
+
+
+def _compiled():
     global _COMPILED
     with _LOCK:
         if _COMPILED is None:
-            _COMPILED = cfunc(types.uint64(types.uint64, types.uint64), nopython=True)(_compute)
-        return _COMPILED.address
+            worker = cfunc(types.void(types.uint64, types.uint64), nopython=True)(_chunk_impl)
+            compute = cfunc(types.uint64(types.uint64, types.uint64), nopython=True)(_compute)
+            _COMPILED = (compute, worker)
+        return _COMPILED
