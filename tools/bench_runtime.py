@@ -1,6 +1,7 @@
 """Speed of fp8onnx's custom ops inside an ONNX Runtime session, beside the alternatives.
 
-Part 1, on N float32 elements (default 16M), one thread: median ns/element of
+Part 1, on N float32 elements (default 16M), one thread (plus a row with every core):
+median ns/element of
 ``ai.fp8onnx.FakeQuant`` (E4M3, per tensor and per channel) in
 ``fp8onnx.runtime.InferenceSession``, onnxruntime's native QuantizeLinear ->
 DequantizeLinear session, an Identity in each session (the cost of a session call that
@@ -17,6 +18,7 @@ taken round-robin so the noise of a shared machine falls on every variant alike.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -110,6 +112,16 @@ def part1(n, repeats):
         add(f"fp8onnx FakeQuant {label} (fp8onnx session)", lambda s=ours, f={"x": xin}: s.run(None, f))
         add(f"onnxruntime Q->DQ {label} (onnxruntime session)",
             lambda s=native, f={"x": xin}: s.run(None, f))
+    threads = os.cpu_count() or 1
+    if threads > 1:
+        inits_fq, inits_qdq = [], []
+        ours = InferenceSession(model(fq_nodes("x", "y", 0.01, 1, 1, inits_fq, "a"), inits_fq),
+                                options(threads))
+        native = ort.InferenceSession(
+            model(qdq_nodes("x", "y", 0.01, 1, 1, inits_qdq, "a"), inits_qdq).SerializeToString(),
+            options(threads), providers=["CPUExecutionProvider"])
+        add(f"fp8onnx FakeQuant per tensor, {threads} threads", lambda: ours.run(None, {"x": x}))
+        add(f"onnxruntime Q->DQ per tensor, {threads} threads", lambda: native.run(None, {"x": x}))
     out = np.empty_like(x)
     add("bare kernel fake_quant_tensor, preallocated output (no ORT)",
         lambda: _cast.fake_quant_tensor(x, np.float32(0.01), True, 0, out))
