@@ -284,45 +284,116 @@ def set_metadata(model: onnx.ModelProto, key: str, value: str) -> bool:
 DETACHED_LOCATION = "<fp8onnx-detached>"
 
 
-def detach_tensor_data(model: onnx.ModelProto, min_bytes: int) -> Dict[str, bytes]:
-    """Moves the ``raw_data`` of initializers of at least ``min_bytes`` out of the model.
+def copy_fields(dst, src, skip=()) -> None:
+    """Copies the set fields of protobuf message ``src`` into ``dst``, except ``skip``.
 
-    The tensors keep name, type and dims and are marked as external data at a location
-    that does not exist, so tools that need only shapes (shape inference, the version
-    converter) can serialise a small model, even one over protobuf's 2 GB limit. Every
-    graph is visited; a name used by initializers in two graphs stays inline. Put the
-    data back with :func:`attach_tensor_data`, also into a model those tools returned.
+    Fields are visited by descriptor, so a skipped bytes field (``raw_data``) is never
+    read: reading it would materialise a copy of the whole tensor.
     """
-    counts: Dict[str, int] = defaultdict(int)
-    for g in iter_graphs(model.graph):
-        for t in g.initializer:
-            counts[t.name] += 1
-    stash: Dict[str, bytes] = {}
-    for g in iter_graphs(model.graph):
-        for t in g.initializer:
-            if counts[t.name] != 1 or not t.HasField("raw_data") or len(t.raw_data) < min_bytes:
-                continue
-            stash[t.name] = t.raw_data
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            t.external_data.add(key="location", value=DETACHED_LOCATION)
-    return stash
+    for field in src.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            values = getattr(src, field.name)
+            if len(values):
+                getattr(dst, field.name).extend(values)
+        elif src.HasField(field.name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(dst, field.name).CopyFrom(getattr(src, field.name))
+            else:
+                setattr(dst, field.name, getattr(src, field.name))
 
 
-def attach_tensor_data(model: onnx.ModelProto, stash: Dict[str, bytes]) -> None:
-    """Puts back data moved out by :func:`detach_tensor_data` (matched by tensor name).
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data computed from dims and type (its data is not read)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    try:
+        return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return n
 
-    Raises ValueError naming a detached tensor that is no longer in the model.
+
+def weightless_copy(model: onnx.ModelProto, min_bytes: int = 1 << 20) -> onnx.ModelProto:
+    """A copy of ``model`` whose large main-graph initializers are stubs without data.
+
+    Each initializer of at least ``min_bytes`` becomes name, type and dims only, marked as
+    external data at a location that does not exist. Tools that need only shapes (shape
+    inference, the version converter) can run on the copy: it costs no second copy of
+    the weights and serialises even when the model is over protobuf's 2 GB limit. The
+    model itself is not modified. Bring a tool's result back with
+    :func:`copy_shape_info` or :func:`adopt_structure`.
     """
-    found = set()
-    for g in iter_graphs(model.graph):
-        for t in g.initializer:
-            if t.name in stash and any(e.key == "location" and e.value == DETACHED_LOCATION for e in t.external_data):
-                del t.external_data[:]
-                t.ClearField("data_location")
-                t.raw_data = stash[t.name]
-                found.add(t.name)
-    missing = set(stash) - found
-    if missing:
-        raise ValueError(f"detached tensors no longer in the model: {sorted(missing)[:5]}")
+    copy = onnx.ModelProto()
+    copy_fields(copy, model, skip=("graph",))
+    copy_fields(copy.graph, model.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        stub = copy.graph.initializer.add()
+        if t.HasField("raw_data") and tensor_nbytes(t) >= min_bytes:
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value=DETACHED_LOCATION)
+        else:
+            stub.CopyFrom(t)
+    return copy
+
+
+def _is_stub(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == DETACHED_LOCATION for e in t.external_data
+    )
+
+
+def copy_shape_info(model: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    """Copies value_info, inputs and outputs of every graph of ``inferred`` into ``model``.
+
+    ``inferred`` is ``model`` (or its :func:`weightless_copy`) after shape inference: the
+    same graphs and nodes. Raises ValueError when the graph structure differs.
+    """
+    pairs = list(zip(iter_graphs(model.graph), iter_graphs(inferred.graph)))
+    if len(pairs) != sum(1 for _ in iter_graphs(inferred.graph)) or any(
+        len(a.node) != len(b.node) for a, b in pairs
+    ):
+        raise ValueError("copy_shape_info: the inferred model does not have the model's graphs")
+    for dst, src in pairs:
+        for field in ("value_info", "input", "output"):
+            if list(getattr(dst, field)) != list(getattr(src, field)):
+                del getattr(dst, field)[:]
+                getattr(dst, field).extend(getattr(src, field))
+
+
+def adopt_structure(model: onnx.ModelProto, new: onnx.ModelProto) -> None:
+    """Makes ``model`` what ``new`` says, keeping the model's own weight data.
+
+    ``new`` is a tool's output for :func:`weightless_copy` of ``model``: every field is
+    taken from it, except that main-graph initializers it still holds as stubs keep the
+    model's tensor of that name in place (not copied). Raises ValueError when a stub
+    names a tensor the model does not have.
+    """
+    _replace_fields(model, new, skip=("graph",))
+    _replace_fields(model.graph, new.graph, skip=("initializer",))
+    mine = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    wanted = [t.name for t in new.graph.initializer]
+    for t in new.graph.initializer:
+        if _is_stub(t) and t.name not in mine:
+            raise ValueError(f"adopt_structure: no data for tensor {t.name!r}")
+    if [t.name for t in model.graph.initializer] != wanted:
+        # Rare (the converter seldom adds or drops initializers): rebuild in the new order.
+        kept = {t.name: t for t in model.graph.initializer}
+        rebuilt = [kept[t.name] if _is_stub(t) else t for t in new.graph.initializer]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(rebuilt)
+        return
+    for dst, src in zip(model.graph.initializer, new.graph.initializer):
+        if not _is_stub(src) and dst != src:
+            dst.CopyFrom(src)
+
+
+def _replace_fields(dst, src, skip=()) -> None:
+    for field in dst.DESCRIPTOR.fields:
+        if field.name not in skip:
+            dst.ClearField(field.name)
+    copy_fields(dst, src, skip=skip)

@@ -16,7 +16,7 @@ enclosing graph, make the model invalid; this raises UserError naming the tensor
 both producers. (Sibling subgraphs, e.g. If branches, may reuse names: they are separate
 scopes.)
 
-Example::
+Requires nothing. Example::
 
     NameNodes()(model).modified   # True when any node was (re)named
 """

@@ -8,12 +8,14 @@ Other domains (ai.onnx.ml, custom) are untouched. A model already at ``target`` 
 is left alone (``modified=False``). What the converter drops is put back: metadata_props,
 producer name/version, domain, model version and doc strings. Model-local functions are
 inlined first (the converter does not upgrade them). Above ``detach_bytes`` of tensor
-data, weights are detached while converting so the model serialises under protobuf's 2 GB
-limit (no adapter reads large initializers); they are re-attached by name after.
+data the converter runs on a copy whose weights of 1 MiB or more are stubs (no adapter
+reads large initializers), and the result adopts the model's own weights: no second copy
+in memory and no 2 GB serialisation limit.
 
 Where the converter fails, raises UserError naming the model's opset, the target, the
 converter's reason, and the fix (re-export with opset >= target).
 
+Requires nothing (an IR version too old for the target is raised to the minimum).
 Example::
 
     UpgradeOpset(target=19)(model).modified   # True when the opset was raised
@@ -49,7 +51,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 class UpgradeOpset(Pass):
     """Converts the model to default-domain opset ``target`` when it is below it."""
 
-    def __init__(self, target: int = 19, *, detach_bytes: int = 1_000_000_000) -> None:
+    def __init__(self, target: int = 19, *, detach_bytes: int = 64 << 20) -> None:
         super().__init__()
         self.target = target
         self.detach_bytes = detach_bytes
@@ -67,27 +69,28 @@ class UpgradeOpset(Pass):
 
             log.info("inlining %d model-local functions before the opset upgrade", len(model.functions))
             model.CopyFrom(inliner.inline_local_functions(model))
-        stash = {}
-        if modelio.tensor_bytes(model) > self.detach_bytes:
-            stash = G.detach_tensor_data(model, 1 << 20)
+        # Above detach_bytes the converter gets a copy without the large weights: no
+        # second copy of them in memory, and no 2 GB serialisation limit.
+        weightless = modelio.tensor_bytes(model) > self.detach_bytes
         try:
             unknown = _unknown_ops(model, current)
             if unknown:
                 raise ValueError(f"op {unknown[0]!r} of the default domain has no schema at opset {current}")
-            converted = version_converter.convert_version(model, self.target)
+            source = G.weightless_copy(model) if weightless else model
+            converted = version_converter.convert_version(source, self.target)
+            del source
         except Exception as e:
-            if stash:
-                G.attach_tensor_data(model, stash)
             reason = _short(str(e))
             raise UserError(
                 f"cannot upgrade the model from ONNX opset {current} to opset {self.target} "
                 f"(version converter: {reason}); re-export the model with opset >= {self.target} "
                 f"from its framework, e.g. torch.onnx.export(..., opset_version={self.target})"
             ) from e
-        model.CopyFrom(converted)
+        if weightless:
+            G.adopt_structure(model, converted)
+        else:
+            model.CopyFrom(converted)
         del converted
-        if stash:
-            G.attach_tensor_data(model, stash)
         for f, v in kept.items():
             setattr(model, f, v)
         del model.metadata_props[:]
