@@ -1,4 +1,4 @@
-"""The custom ops' KernelComputeV2 as one Numba ``@cfunc``: native code, no GIL, no Python.
+"""The custom ops' KernelComputeV2 as Numba ``@cfunc``s: native code, no GIL, no Python.
 
 ONNX Runtime calls :func:`compute_address` 's function as
 ``OrtStatus* KernelComputeV2(void* kernel_state, OrtKernelContext* context)``. The
@@ -32,7 +32,8 @@ from numba.extending import intrinsic
 
 from ..kernels import _cast as _k  # the package's loops: one implementation of the arithmetic
 
-__all__ = ["FAKE_QUANT", "DEQUANTIZE", "QUANTIZE", "STATE_SIZE", "MAX_RANK", "compute_address"]
+__all__ = ["FAKE_QUANT", "DEQUANTIZE", "QUANTIZE", "STATE_SIZE", "MAX_RANK", "compute_address",
+           "chunk_address"]
 
 FAKE_QUANT, DEQUANTIZE, QUANTIZE = 0, 1, 2
 STATE_SIZE = 10
@@ -195,11 +196,10 @@ def _chunk_impl(job_addr, i):
                    y_addr + lo * inner * out_size, 1, hi - lo, inner, scale_addr + lo * 4)
 
 
-
 def _compute(state_addr, context):
     st_ = carray(_i64p(state_addr), STATE_SIZE)
     api = carray(_u64p(st_[0]), _API_TABLE_LEN)
-    kind, fmt_id, axis, saturate = st_[1], st_[2], st_[3], st_[4] != 0
+    kind, fmt_id, axis = st_[1], st_[2], st_[3]
     slots_p = _stack_i64(4)
     dims_p = _stack_i64(MAX_RANK)
     sdims_p = _stack_i64(MAX_RANK)
