@@ -218,15 +218,29 @@ class _RandomSource(CalibrationSource):
             "and accuracy needs real data; pass a .npz file or a directory of .npz feeds",
             {n: s for n, s in self.shapes.items()})
 
+    def _per_feed(self) -> int:
+        first = next(iter(self.shapes.values()), ())
+        return int(first[0]) if first else 1
+
+    def _feeds(self) -> int:
+        return -(-self.num_samples // self._per_feed())
+
     def _raw(self):
         rng = np.random.default_rng(self.seed)  # same data on every pass
-        first = next(iter(self.shapes.values()), ())
-        per_feed = int(first[0]) if first else 1
+        specs = self._validator.inputs
+        # Inputs whose leading dim is dynamic: the last feed is cut to the samples left.
+        batched = {n for n, s in self.shapes.items() if s and not isinstance(specs[n].shape[0], int)}
+        per_feed = self._per_feed()
         done = 0
         while done < self.num_samples:
+            n_rows = per_feed
+            if batched and len(batched) == len(self.shapes):
+                n_rows = min(per_feed, self.num_samples - done)
             feed = {}
             for name, shape in self.shapes.items():
-                dt = self._validator.inputs[name].dtype
+                if name in batched:
+                    shape = (n_rows,) + shape[1:]
+                dt = specs[name].dtype
                 if dt.kind == "b":
                     feed[name] = rng.random(shape) < 0.5
                 elif dt.kind in "iu":
@@ -234,8 +248,8 @@ class _RandomSource(CalibrationSource):
                     feed[name] = rng.integers(0, 2, size=shape).astype(dt)
                 else:
                     feed[name] = rng.standard_normal(shape).astype(dt)
-            yield feed, f"random feed at sample {done}", done, per_feed
-            done += per_feed
+            yield feed, f"random feed at sample {done}", done, n_rows
+            done += n_rows
 
 
 class _IterableSource(CalibrationSource):
