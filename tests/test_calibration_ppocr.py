@@ -66,3 +66,25 @@ def test_memory_does_not_grow_with_samples(cls):
     # Holding the activations of the 10 extra samples would add 10 * one_feed (~130 MB).
     assert peaks[1] < peaks[0] + one_feed / 2, (peaks, one_feed)
     assert peaks[0] < 3 * one_feed, (peaks, one_feed)  # about one feed's fetched tensors
+
+
+@pytest.mark.slow
+def test_recognizer_directory_of_variable_widths(tmp_path):
+    """PP-OCRv4 rec: one .npz per rendered line, each its own width (dynamic W)."""
+    entry = zoo.get("ppocr_rec")
+    try:
+        model = entry.load()
+        feeds = list(entry.calib_feeds(6))
+    except zoo.ZooSkip as e:
+        pytest.skip(str(e))
+    widths = {f["x"].shape[-1] for f in feeds}
+    assert len(widths) > 1  # the point of the test: shapes differ between samples
+    for i, f in enumerate(feeds):
+        np.savez(tmp_path / f"line{i:02d}.npz", **f)
+    names = [o for n in model.graph.node if n.op_type != "Constant" for o in n.output]
+    stats = collect_stats(model, names, tmp_path, progress=False)
+    floats = [n for n in names if n in stats]
+    ref = reference(model, floats, feeds)
+    for n in floats:
+        assert stats[n].amax == float(np.abs(ref[n]).max()), n
+        assert stats[n].count == ref[n].size and int(stats[n].hist.sum()) == ref[n].size, n
