@@ -10,7 +10,12 @@ Memory versus time: with ``max_bytes_per_run`` set, the first feed is run once i
 chunks of tensors to measure each tensor's bytes; the tensors are then split into groups
 whose fetched bytes per run stay under the budget, and the source is read once per group.
 So ``k`` groups cost ``k`` passes over the data (``k`` times the model runs) in exchange
-for a peak of about ``max_bytes_per_run``. Feeds are assumed to repeat identically on each
+for fetching at most about ``max_bytes_per_run`` per run. Measured on PP-OCR det (329 MB
+fetched per 320x640 feed; peak RSS above the after-import baseline, fresh processes):
+one pass 334 MB whether 4, 32 or 128 feeds; a budget of a quarter of a feed 198 MB, in
+1.9x the time (onnxruntime's own working memory stays). Keeping every activation instead,
+as a collect-then-reduce calibrator does, took 1436 MB at 4 feeds and 10951 MB at 32.
+Feeds are assumed to repeat identically on each
 pass (true for .npz, directories, lists and the seeded random source), which makes grouped
 stats equal to single-pass stats. A one-shot source (generator, reader without
 ``rewind()``) cannot be read twice: it is collected in one pass, with a warning.
