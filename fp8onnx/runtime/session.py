@@ -118,12 +118,15 @@ class InferenceSession:
     ``fold_constants``: compute ai.fp8onnx nodes whose inputs are all initializers (the
     fake-quantized weights) once, at creation, so ONNX Runtime sees constant weights
     and pre-packs them (see :mod:`fp8onnx.runtime.fold`); results are bit-identical.
+    ``disabled_optimizers``: names of ONNX Runtime graph rewrites to skip, as in
+    onnxruntime (e.g. ``["ReluQuantRewrite"]``, which drops a Relu in front of an FP8
+    QuantizeLinear in onnxruntime 1.32 and changes the result).
     Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
     when the model or the inputs are at fault), with ONNX Runtime's message.
     """
 
     def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
-                 *, fold_constants=True, **kwargs):
+                 *, fold_constants=True, disabled_optimizers=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         for p in providers or ():
@@ -141,6 +144,11 @@ class InferenceSession:
         options = api.out(api.CreateSessionOptions)
         try:
             self._apply_options(options, sess_options)
+            if disabled_optimizers:
+                # What onnxruntime.InferenceSession(disabled_optimizers=...) does, as a
+                # session config entry the C API accepts.
+                api.check(api.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
+                                                    ";".join(disabled_optimizers).encode()))
             api.check(api.AddCustomOpDomain(options, self._domain.handle))
             self._session = self._create(options, model_or_path)
         finally:
