@@ -131,9 +131,9 @@ def test_onnxruntime_and_reference_agree():
 
     model = make_model([], [], [])
     for node, inputs in cases:
-        mini = fc._one_node_model(node, inputs, model)
-        ours = fc._run_ort(mini)[0]
-        ref = ReferenceEvaluator(mini).run(None, {})[0]
+        mini, feeds = fc._one_node_model(node, inputs, model)
+        ours = fc._run_ort(mini, feeds)[0]
+        ref = ReferenceEvaluator(mini).run(None, feeds)[0]
         assert ours.dtype == ref.dtype and ours.shape == ref.shape, node.op_type
         np.testing.assert_array_equal(ours.view(np.uint8), np.ascontiguousarray(ref).view(np.uint8), node.op_type)
 
