@@ -120,7 +120,8 @@ class _Tuner:
         self.options, self.calib_samples, self.eval_samples = compile_options, calib_samples, eval_samples
         self.batch_size, self.cache = batch_size, cache
         self.history: List[Trial] = []
-        self.best = None  # (loss, trial index, CompileResult)
+        self.best = None  # (loss, trial index, CompileResult): what is returned if no trial meets the target
+        self.last = None  # the CompileResult of the last trial
         self.metric_fp32 = None
 
     def budget_left(self) -> bool:
@@ -151,6 +152,7 @@ class _Tuner:
         log.info("trial %d %s %s: metric %.6g loss %.5f", trial.index, stage, delta, metric, loss)
         if self.best is None or loss < self.best[0]:
             self.best = (loss, trial.index, res)
+        self.last = res
         return trial, res, ev
 
     def tune(self):
@@ -259,18 +261,10 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
         chosen = tuner.history[index]
         log.warning("tune: no trial met the target relative loss %g in %d trials; returning the best (trial %d, "
                     "loss %.5f)", target_loss, len(tuner.history), index, loss)
-        met = False
     else:
-        met = True
-        # the chosen trial is the last one run in the stage that met the target
-        loss, index, res = chosen.loss, chosen.index, None
-    if res is None or tuner.best[1] != index:
-        from .api import compile_model
-
-        res = compile_model(tuner.model, recipe=_merge(base, chosen.delta), calibration=calibration,
-                            samples=calib_samples, **compile_options) if tuner.best[1] != index else tuner.best[2]
+        res = tuner.last  # a trial that meets the target ends the search: it is the last one run
     recipe = Recipe.from_dict(_merge(base, chosen.delta))
-    return TuneResult(res.model, recipe, tuner.history, met, float(chosen.loss), tuner.metric_fp32,
+    return TuneResult(res.model, recipe, tuner.history, chosen.met_target, float(chosen.loss), tuner.metric_fp32,
                       float(target_loss), time.perf_counter() - t0)
 
 

@@ -1,0 +1,97 @@
+"""fp8onnx.tune: reaches a target the plain model misses, within budget, and says when it cannot."""
+import json
+import logging
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import fp8onnx.calibration.collect as collect
+from fp8onnx.evaluation import PerSample, session_for
+from fp8onnx.tune import main, tune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CNN = os.path.join(ROOT, "models", "digits_cnn.onnx")
+CALIB = os.path.join(ROOT, "models", "data", "digits_calib.npz")
+TEST_NPZ = os.path.join(ROOT, "models", "data", "digits_test.npz")
+TEST = np.load(TEST_NPZ)
+ACCURACY = PerSample(lambda out, t: out["logits"].argmax(1) == t["label"])
+
+
+def accuracy(model):
+    return float(np.mean(session_for(model).run(None, {"input": TEST["input"]})[0].argmax(1) == TEST["label"]))
+
+
+@pytest.fixture
+def count_collections(monkeypatch):
+    calls = []
+    real = collect.collect_stats
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "collect_stats", counting)
+    return calls
+
+
+def test_tune_reaches_a_target_plain_e5m2_misses(count_collections):
+    target = 0.003  # E5M2 everywhere loses 0.9% of the FP32 accuracy on this split
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=target, metric=ACCURACY, base_recipe={"format": "e5m2"},
+             batch_size=50, max_trials=12)
+    fp32 = accuracy(onnx.load(CNN))
+    assert r.history[0].stage == "base" and r.history[0].loss > target
+    assert r.met_target and r.loss <= target and len(r.history) <= 12
+    assert r.metric_fp32 == pytest.approx(fp32)
+    # the returned model is the one measured: its accuracy computed directly gives the reported loss
+    assert (fp32 - accuracy(r.model)) / fp32 == pytest.approx(r.loss)
+    assert r.history[-1].kept and r.history[-1].met_target
+    assert fp8onnx_recipe(r.model) == r.recipe.to_dict()
+    assert len(count_collections) == 1  # one statistics collection, reused by every trial
+
+
+def fp8onnx_recipe(model):
+    return json.loads(next(p.value for p in model.metadata_props if p.key == "fp8onnx.recipe"))
+
+
+def test_tune_stops_at_the_budget_and_says_the_target_was_missed(caplog):
+    with caplog.at_level(logging.WARNING, logger="fp8onnx.tune"):
+        r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY, base_recipe={"format": "e5m2"},
+                 batch_size=50, max_trials=3)
+    assert len(r.history) == 3 and not r.met_target
+    best = min(r.history, key=lambda t: t.loss)
+    assert r.loss == best.loss > 0
+    assert "no trial met the target" in caplog.text
+    fp32 = accuracy(onnx.load(CNN))
+    assert (fp32 - accuracy(r.model)) / fp32 == pytest.approx(r.loss)
+
+
+def test_tune_default_metric_is_fidelity_and_first_trial_can_suffice():
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.05, batch_size=50)
+    assert r.met_target and len(r.history) == 1 and r.recipe.op_types == {} and r.metric_fp32 == 1.0
+    a = session_for(onnx.load(CNN)).run(None, {"input": TEST["input"]})[0].argmax(1)
+    b = session_for(r.model).run(None, {"input": TEST["input"]})[0].argmax(1)
+    assert r.loss == pytest.approx(1 - np.mean(a == b))
+
+
+def test_tune_cli_report_and_errors(tmp_path, capsys):
+    out, rep = str(tmp_path / "t.onnx"), str(tmp_path / "t.json")
+    code = main([CNN, "-o", out, "--calib", CALIB, "--data", TEST_NPZ, "--target-loss", "0.002", "--format", "e5m2",
+                 "--batch-size", "50", "--max-trials", "8", "--report", rep])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(open(rep).read())
+    assert report["trials"][0]["stage"] == "base" and len(report["trials"]) <= 8
+    assert {"delta", "metric", "loss", "seconds", "kept"} <= set(report["trials"][0])
+    assert report["recipe"]["weight_format"] == "e5m2"
+    assert onnx.load(out).graph.node
+    assert "trials in" in capsys.readouterr().out
+    bad = str(tmp_path / "b.onnx")
+    for argv in ([CNN, "-o", bad, "--calib", str(tmp_path / "none.npz"), "--data", TEST_NPZ],
+                 [CNN, "-o", bad, "--calib", CALIB, "--data", TEST_NPZ, "--target-loss", "2"],
+                 [CNN, "-o", bad, "--calib", CALIB, "--data", TEST_NPZ, "--max-trials", "0"],
+                 [str(tmp_path / "missing.onnx"), "-o", bad, "--calib", CALIB, "--data", TEST_NPZ]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert not os.path.exists(bad)
