@@ -33,6 +33,7 @@ from onnx import shape_inference
 
 from fp8onnx import graph as G
 from fp8onnx import modelio
+from fp8onnx.errors import UserError
 from fp8onnx.passinfra import Pass, PassResult
 
 __all__ = ["InferShapes"]
@@ -55,13 +56,20 @@ class InferShapes(Pass):
         # Inference needs only types and dims: above detach_bytes it runs on a copy without
         # the large weights; only the shape information is copied back.
         source = G.weightless_copy(model) if modelio.tensor_bytes(model) > self.detach_bytes else model
-        inferred = shape_inference.infer_shapes(source, strict_mode=False, data_prop=False)
-        if self.data_prop:
-            length, name = _longest_vector(inferred)
-            if length <= self.data_prop_max_len:
-                inferred = shape_inference.infer_shapes(source, strict_mode=False, data_prop=True)
-            else:
-                log.info("shape inference without data propagation: 1-D tensor %r has %d elements", name, length)
+        try:
+            inferred = shape_inference.infer_shapes(source, strict_mode=False, data_prop=False)
+            if self.data_prop:
+                length, name = _longest_vector(inferred)
+                if length <= self.data_prop_max_len:
+                    inferred = shape_inference.infer_shapes(source, strict_mode=False, data_prop=True)
+                else:
+                    log.info("shape inference without data propagation: 1-D tensor %r has %d elements", name, length)
+        except (shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
+            reason = " ".join(str(e).split())[:200]
+            raise UserError(
+                f"ONNX shape inference failed on the model ({reason}); the model is inconsistent: "
+                "check it with onnx.checker.check_model(model, full_check=True) and re-export it"
+            ) from e
         del source
         G.copy_shape_info(model, inferred)
         del inferred

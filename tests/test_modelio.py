@@ -312,3 +312,32 @@ def test_external_data_covers_constants_and_subgraph_initializers(tmp_path):
     x = rng.standard_normal(512).astype(np.float32)
     sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {"X": x, "cond": np.array(True)})[0], x * big_c + (x + big_b))
+
+
+def test_external_data_symlink_escaping_the_folder_is_refused(tmp_path):
+    inner = tmp_path / "model"
+    inner.mkdir()
+    m, raw = _external(tmp_path, "weights.bin")
+    (tmp_path / "secret.bin").write_bytes(raw)
+    os.symlink(tmp_path / "secret.bin", inner / "weights.bin")  # looks local, points outside
+    p = _save_plain(m, inner / "m.onnx")
+    with pytest.raises(ModelFileError, match="points to external data 'weights.bin' outside the model's folder"):
+        load_model(p)
+
+
+def _ppocr_path():
+    import rapidocr_onnxruntime as rapidocr  # in the dev extra: must run, so no skip
+    return os.path.join(os.path.dirname(rapidocr.__file__), "models", "ch_PP-OCRv4_det_infer.onnx")
+
+
+def test_real_model_file_and_its_truncations(tmp_path):
+    path = _ppocr_path()
+    before = open(path, "rb").read()
+    m = load_model(path)
+    assert m == onnx.load(path)
+    assert open(path, "rb").read() == before
+    for fraction in (0.5, 0.1, 0.999):
+        cut = tmp_path / f"cut_{fraction}.onnx"
+        cut.write_bytes(before[: int(len(before) * fraction)])
+        with pytest.raises(ModelFileError, match="is truncated or not an ONNX model"):
+            load_model(cut)

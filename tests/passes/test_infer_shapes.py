@@ -103,3 +103,18 @@ def test_inferred_shapes_match_onnxruntime_on_real_models(zoo_entry, entry):
                     assert d.dim_value == n, (v.name, d.dim_value, n)
                     checked_dims += 1
     assert checked_dims > 300
+
+
+def test_inference_failure_is_a_user_error(monkeypatch):
+    from onnx import shape_inference
+
+    from fp8onnx.errors import UserError
+
+    def broken(*a, **k):
+        raise shape_inference.InferenceError("[ShapeInferenceError] (op_type:Conv): kernel rank mismatch")
+
+    monkeypatch.setattr(shape_inference, "infer_shapes", broken)
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])])
+    with pytest.raises(UserError, match=r"ONNX shape inference failed on the model \(\[ShapeInferenceError\] "
+                                        r"\(op_type:Conv\): kernel rank mismatch\); the model is inconsistent"):
+        InferShapes()(m)
