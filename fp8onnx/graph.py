@@ -397,3 +397,19 @@ def _replace_fields(dst, src, skip=()) -> None:
         if field.name not in skip:
             dst.ClearField(field.name)
     copy_fields(dst, src, skip=skip)
+
+
+def drop_initializer_inputs(graph: onnx.GraphProto) -> List[str]:
+    """Removes from ``graph.input`` the names that are initializers; returns them.
+
+    Before IR version 4 every initializer had to be listed as a graph input; from IR 4
+    on, such an input is an overridable default, so tools treat the weight as a runtime
+    input rather than a constant. Upgrading an IR < 4 model therefore drops them.
+    """
+    inits = {t.name for t in graph.initializer}
+    dropped = [v.name for v in graph.input if v.name in inits]
+    if dropped:
+        kept = [v for v in graph.input if v.name not in inits]
+        del graph.input[:]
+        graph.input.extend(kept)
+    return dropped

@@ -15,7 +15,10 @@ in memory and no 2 GB serialisation limit.
 Where the converter fails, raises UserError naming the model's opset, the target, the
 converter's reason, and the fix (re-export with opset >= target).
 
-Requires nothing (an IR version too old for the target is raised to the minimum).
+Requires nothing. An IR version too old for the target is raised to the minimum (IR 9
+for opset 19); a model from before IR 4, where every initializer had to be listed as a
+graph input, loses those inputs, so its weights stay constants rather than becoming
+overridable inputs.
 Example::
 
     UpgradeOpset(target=19)(model).modified   # True when the opset was raised
@@ -64,15 +67,15 @@ class UpgradeOpset(Pass):
         metadata = [(p.key, p.value) for p in model.metadata_props]
         graph_doc = model.graph.doc_string
         ir_version = model.ir_version
-        if len(model.functions):
-            from onnx import inliner
-
-            log.info("inlining %d model-local functions before the opset upgrade", len(model.functions))
-            model.CopyFrom(inliner.inline_local_functions(model))
         # Above detach_bytes the converter gets a copy without the large weights: no
         # second copy of them in memory, and no 2 GB serialisation limit.
         weightless = modelio.tensor_bytes(model) > self.detach_bytes
         try:
+            if len(model.functions):
+                from onnx import inliner
+
+                log.info("inlining %d model-local functions before the opset upgrade", len(model.functions))
+                model.CopyFrom(inliner.inline_local_functions(model))
             unknown = _unknown_ops(model, current)
             if unknown:
                 raise ValueError(f"op {unknown[0]!r} of the default domain has no schema at opset {current}")
@@ -100,6 +103,12 @@ class UpgradeOpset(Pass):
         # The converter leaves ir_version as it was; an opset needs a minimum IR version
         # (opset 19 -> IR 9) for runtimes to accept the model.
         model.ir_version = max(ir_version, _min_ir_version(self.target))
+        if ir_version < 4:
+            # IR < 4 had to list every initializer as a graph input; from IR 4 on that
+            # would make the weights overridable inputs instead of constants.
+            dropped = G.drop_initializer_inputs(model.graph)
+            log.info("IR %d -> %d: %d initializers no longer listed as graph inputs", ir_version,
+                     model.ir_version, len(dropped))
         log.info("upgraded opset %d -> %d", current, default_opset(model))
         return PassResult(model, True)
 

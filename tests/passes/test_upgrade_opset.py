@@ -164,3 +164,21 @@ def test_converter_failure_fails_with_a_clear_message():
     with pytest.raises(UserError, match=r"from ONNX opset 5 to opset 19 \(version converter: Input s is undefined!\); "
                                         r"re-export the model with opset >= 19 from its framework"):
         UpgradeOpset(19)(m)
+
+
+def test_ir3_model_initializer_inputs_are_dropped():
+    # IR 3 required initializers to be graph inputs; from IR 4 that would make W an
+    # overridable input, so the upgrade drops those inputs.
+    w = np.arange(6, dtype=np.float32).reshape(3, 2)
+    m = make_model([helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                   [vi("x", [1, 3]), vi("W", [3, 2])], [vi("y", [1, 2])], [init("W", w)], opset=7, ir_version=3)
+    x = np.array([[1.0, -1.0, 2.0]], np.float32)
+    expected = np.maximum(x @ w, 0)
+    original, m, modified = apply_twice(UpgradeOpset(19), m)
+    assert modified and m.ir_version == 9 and [v.name for v in m.graph.input] == ["x"]
+    check(m)
+    np.testing.assert_array_equal(run(m, {"x": x})[0], expected)
+    np.testing.assert_array_equal(run(original, {"x": x})[0], expected)  # IR 3: W is not a feed
+    from fp8onnx.graph import GraphIndex
+
+    assert GraphIndex(m.graph).is_constant("W")
