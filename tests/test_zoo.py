@@ -200,22 +200,31 @@ def test_relative_loss():
         zoo.relative_loss(0.0, 0.5)
 
 
-def test_nudenet_agreement_and_box_f1(zoo_entry):
-    from fp8onnx.zoo.yolo import box_f1
+def test_box_f1_against_hand_computed_values():
+    from fp8onnx.zoo.yolo import box_f1, confident_box_f1
 
+    a = {"class": "A", "score": 0.9, "box": [0, 0, 10, 10]}
+    b = {"class": "A", "score": 0.3, "box": [2, 0, 10, 10]}   # IoU 80 / 120 = 2/3
+    c = {"class": "B", "score": 0.8, "box": [0, 0, 10, 10]}
+    far = {"class": "A", "score": 0.9, "box": [6, 0, 10, 10]}  # IoU 40 / 160 = 1/4
+    assert box_f1([[a]], [[b]]) == 1.0 and box_f1([[a]], [[c]]) == 0.0
+    assert box_f1([[a]], [[far]]) == 0.0
+    assert box_f1([[a, c], []], [[b], [c]]) == 0.5 and box_f1([[], []], [[], []]) == 1.0
+    # Hysteresis: b (0.3) finds the confident a, and is itself too weak to be required.
+    assert confident_box_f1([[b]], [[a]]) == 1.0
+    assert confident_box_f1([[]], [[a]]) == 0.0
+    assert confident_box_f1([[a, c]], [[b]]) == pytest.approx(2 * 0.5 / 1.5)  # P 1/2, R 1
+
+
+def test_nudenet_agreement(zoo_entry):
     e = zoo_entry("nudenet_yolov8n")
-    assert e.evaluate() == 1.0
+    assert e.evaluate() == 1.0 and e.last_details["confident_f1"] == 1.0
     dets = e.detect(zoo.ort_session(e.load().SerializeToString()), 12)
     assert sum(map(len, dets)) >= 10          # faces in the LFW mosaics are found
     assert any(d["class"].startswith("FACE") for img in dets for d in img)
     # Scores all zero: nothing detected, F1 against FP32 collapses.
     zero_scores = lambda o: np.concatenate([o[:, :4], np.zeros_like(o[:, 4:])], axis=1)  # noqa: E731
     assert e.evaluate(session_factory=lambda m: _Wrap(m, zero_scores)) == 0.0
-    a = {"class": "A", "score": 0.9, "box": [0, 0, 10, 10]}
-    b = {"class": "A", "score": 0.8, "box": [2, 0, 10, 10]}   # IoU 2/3
-    c = {"class": "B", "score": 0.8, "box": [0, 0, 10, 10]}
-    assert box_f1([[a]], [[b]]) == 1.0 and box_f1([[a]], [[c]]) == 0.0
-    assert box_f1([[a, c], []], [[b], [c]]) == 0.5 and box_f1([[], []], [[], []]) == 1.0
 
 
 def test_nudenet_calib_and_eval_images_differ(zoo_entry):

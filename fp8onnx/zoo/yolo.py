@@ -12,7 +12,10 @@ post-processing is nudenet's own ``_postprocess`` (score >= 0.2, NMS 0.45).
 
 Metric: detection agreement with FP32, the F1 score of boxes matched greedily at
 IoU >= 0.5 with the same class, pooled over all eval images (micro F1: images where
-neither model finds anything do not dilute it; 1.0 when none finds anything)::
+neither model finds anything do not dilute it; 1.0 when none finds anything).
+``last_details["confident_f1"]`` is the same agreement with hysteresis (boxes scoring
+>= 0.4 must be found by the other model at nudenet's own 0.2 cut-off), which does not
+count boxes that merely flicker across the threshold::
 
     >>> fp8onnx.zoo.get("nudenet_yolov8n").evaluate()      # doctest: +SKIP
     1.0
@@ -29,7 +32,7 @@ import onnx
 from .base import Feeds, ZooEntry, ZooSkip, require
 from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
 
-__all__ = ["NudenetEntry", "box_f1"]
+__all__ = ["NudenetEntry", "box_f1", "confident_box_f1"]
 
 HINT = "nudenet (pip install nudenet)"
 SIZE = 320
@@ -116,6 +119,30 @@ def _true_positives(pred: List[dict], ref: List[dict], iou: float) -> int:
     return tp
 
 
+def confident_box_f1(preds: List[List[dict]], refs: List[List[dict]], iou: float = 0.5,
+                     confident: float = 0.4) -> float:
+    """F1 with hysteresis: only boxes scoring >= ``confident`` must be found.
+
+    Recall: the share of confident ``refs`` boxes that some ``preds`` box (any score
+    nudenet kept) matches; precision: the same with the roles swapped. A box whose score
+    merely crosses nudenet's 0.2 cut-off in one model does not count against the other.
+    """
+    def found(src, dst):
+        hits = total = 0
+        for a_img, b_img in zip(src, dst):
+            for a in a_img:
+                if a["score"] >= confident:
+                    total += 1
+                    hits += any(b["class"] == a["class"] and _iou(a["box"], b["box"]) >= iou
+                                for b in b_img)
+        return hits, total
+
+    (rh, rt), (ph, pt) = found(refs, preds), found(preds, refs)
+    recall = rh / rt if rt else 1.0
+    precision = ph / pt if pt else 1.0
+    return 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
+
+
 class NudenetEntry(ZooEntry):
     """YOLOv8n (opset 17) body-part detector, 18 classes, 320 x 320 input."""
 
@@ -165,7 +192,9 @@ class NudenetEntry(ZooEntry):
 
     def _evaluate(self, session, n: int) -> float:
         ref = self._fp32_reference(("dets", n), lambda s: self.detect(s, n))
-        return box_f1(self.detect(session, n), ref)
+        got = self.detect(session, n)
+        self.last_details = {"confident_f1": confident_box_f1(got, ref)}
+        return box_f1(got, ref)
 
 
 def yolo_entries():
