@@ -14,6 +14,23 @@ computes its task metric (higher is better) for any model run by any session::
 
 An entry whose optional package is missing raises ``ZooSkip("skipped: install X ...")``
 from ``load``/``evaluate``/feeds; ``entry.install_hint`` says the same up front.
+
+=================  ==========================  ===============================  =========================
+entry              model (package)             real data                        metric
+=================  ==========================  ===============================  =========================
+digits_cnn         CNN, BN kept (bundled)      sklearn digits test split        top-1 accuracy
+digits_cnn_bnfold  same, BN folded (bundled)   sklearn digits test split        top-1 accuracy
+digits_mlp         MLP (bundled)               sklearn digits test split        top-1 accuracy
+ppocr_det          PP-OCRv4 det (rapidocr)     CPython doc prose, rendered      OCR text agreement
+ppocr_rec          PP-OCRv4 rec (rapidocr)     CPython doc prose, rendered      char accuracy vs truth
+ppocr_cls          PP-OCR cls (rapidocr)       rendered lines, half upside down label agreement
+nudenet_yolov8n    YOLOv8n (nudenet)           scikit-image photos, LFW faces   box F1 vs FP32
+minilm_l6          all-MiniLM-L6-v2 (gt-...)   CPython doc sentences            cosine vs FP32
+mobilenet_v2       ImageNet MobileNetV2 (fdet) scikit-image photos, 10 views    top-1 agreement
+=================  ==========================  ===============================  =========================
+
+``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
+compares (see ``fp8eval.fp8_vs_fp32``); ``facts.describe`` lists a model's structure.
 """
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    status = 0
     for e in chosen:
         try:
             if args.fp8:
@@ -57,13 +58,17 @@ def main(argv=None) -> int:
         except ZooSkip as skip:
             print(f"{e.name:18s} {skip}")
             continue
+        except Exception as err:  # a survey goes on past one broken entry, and says so
+            print(f"{e.name:18s} FAILED: {type(err).__name__}: {err}", flush=True)
+            status = 1
+            continue
         n = e.default_eval_n if args.n is None else args.n
         extra = "".join(f" {k}={v:.4f}" for k, v in e.last_details.items())
         print(f"{e.name:18s} {e.domain}/{e.family:11s} {e.metric_name}: {metric:.4f} (n={n}){extra}"
               f"  load {t_load:.2f}s eval {t_eval:.2f}s", flush=True)
         if args.facts:
             print(json.dumps(describe(model), indent=1))
-    return 0
+    return status
 
 
 if __name__ == "__main__":
