@@ -1,10 +1,11 @@
 """The passes of the fp8onnx compiler, one per module; installed as ``fp8onnx.passes``.
 
-Preparation passes (run in this order before quantization)::
+Preparation passes, in the order ``fp8onnx.api.prepare`` runs them (LiftConstants first
+keeps large weights out of the nodes the version converter copies)::
 
     from fp8onnx.passes import *
-    PassManager([UpgradeOpset(19), LiftConstants(), FoldConstants(), TopologicalSort(),
-                 NameNodes(), InferShapes()])(model)
+    PassManager([LiftConstants(), UpgradeOpset(19), FoldConstants(), InferShapes(),
+                 NameNodes(), TopologicalSort()])(model)
 """
 from .lift_constants import LiftConstants
 from .upgrade_opset import UpgradeOpset

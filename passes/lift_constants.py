@@ -11,8 +11,11 @@ keeping the tensor name. All ``value*`` attribute kinds are handled (``value``,
 whose output is an output of its graph stays a node: an initializer is not a value a
 graph computes, and ONNX Runtime does not accept it as a subgraph output.
 
-Requires: IR version >= 4 (initializers need not be graph inputs; run UpgradeOpset
-first on older models). Model-local functions have no initializers and are left alone.
+Requires nothing. Before IR version 4 every initializer must also be a graph input, so
+on such models the lifted tensors are listed as inputs too (UpgradeOpset drops those
+inputs when it raises the IR version), and subgraphs are left alone (their inputs are a
+fixed signature). Running this before UpgradeOpset keeps large weights out of the nodes
+the version converter copies. Model-local functions have no initializers: left alone.
 
 Example::
 
@@ -27,10 +30,9 @@ import onnx
 from onnx import numpy_helper
 
 from fp8onnx import graph as G
-from fp8onnx.errors import PreconditionError
 from fp8onnx.passinfra import Pass, PassResult
 
-__all__ = ["LiftConstants"]
+__all__ = ["LiftConstants", "lift_graph_constants"]
 
 log = logging.getLogger("fp8onnx.passes")
 
@@ -40,31 +42,37 @@ _VALUE_ATTRS = {"value", "value_float", "value_floats", "value_int", "value_ints
 class LiftConstants(Pass):
     """Turns default-domain ``Constant`` nodes into initializers of their graph."""
 
-    def requires(self, model):
-        if model.ir_version < 4:
-            raise PreconditionError(
-                f"LiftConstants needs IR version >= 4 (model has {model.ir_version}); run UpgradeOpset first"
-            )
-
     def call(self, model):
         lifted = 0
-        # iter_graphs yields a graph before descending into it, so subgraphs are read
-        # from the parent's rewritten node list (not from stale copies).
-        for g in G.iter_graphs(model.graph):
-            lifted += _lift(g)
+        if model.ir_version < 4:
+            lifted = _lift(model.graph, as_inputs=True)
+        else:
+            # iter_graphs yields a graph before descending into it, so subgraphs are read
+            # from the parent's rewritten node list (not from stale copies).
+            for g in G.iter_graphs(model.graph):
+                lifted += _lift(g)
         if lifted:
             log.info("lifted %d Constant nodes to initializers", lifted)
         return PassResult(model, lifted > 0)
 
 
-def _lift(g: onnx.GraphProto) -> int:
+def lift_graph_constants(g: onnx.GraphProto, *, only=None) -> int:
+    """Lifts the liftable Constant nodes of one graph (not its subgraphs); returns how many.
+
+    ``only``: a set of output names to restrict to (UpgradeOpset lifts just the Constants
+    the version converter created).
+    """
+    return _lift(g, only=only)
+
+
+def _lift(g: onnx.GraphProto, as_inputs: bool = False, only=None) -> int:
     outputs = {v.name for v in g.output}
     taken = {t.name for t in g.initializer} | {v.name for v in g.input}
     keep, new_inits = [], []
     for node in g.node:
         tensor = _tensor_of(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
         name = node.output[0] if len(node.output) == 1 else ""
-        if tensor is None or not name or name in outputs or name in taken:
+        if tensor is None or not name or name in outputs or name in taken or (only is not None and name not in only):
             keep.append(node)
             continue
         tensor.name = name
@@ -75,6 +83,8 @@ def _lift(g: onnx.GraphProto) -> int:
     del g.node[:]
     g.node.extend(keep)
     g.initializer.extend(new_inits)
+    if as_inputs:
+        g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
     return len(new_inits)
 
 

@@ -18,7 +18,10 @@ converter's reason, and the fix (re-export with opset >= target).
 Requires nothing. An IR version too old for the target is raised to the minimum (IR 9
 for opset 19); a model from before IR 4, where every initializer had to be listed as a
 graph input, loses those inputs, so its weights stay constants rather than becoming
-overridable inputs.
+overridable inputs. Constant nodes the converter creates (Squeeze axes, Split sizes
+turned into inputs) become initializers, as LiftConstants would make them, so running
+LiftConstants before or after this pass gives the same model.
+
 Example::
 
     UpgradeOpset(target=19)(model).modified   # True when the opset was raised
@@ -35,6 +38,8 @@ from fp8onnx import graph as G
 from fp8onnx import modelio
 from fp8onnx.errors import UserError
 from fp8onnx.passinfra import Pass, PassResult
+
+from .lift_constants import lift_graph_constants
 
 __all__ = ["UpgradeOpset", "default_opset"]
 
@@ -67,6 +72,7 @@ class UpgradeOpset(Pass):
         metadata = [(p.key, p.value) for p in model.metadata_props]
         graph_doc = model.graph.doc_string
         ir_version = model.ir_version
+        before = _constant_outputs(model)
         # Above detach_bytes the converter gets a copy without the large weights: no
         # second copy of them in memory, and no 2 GB serialisation limit.
         weightless = modelio.tensor_bytes(model) > self.detach_bytes
@@ -103,6 +109,13 @@ class UpgradeOpset(Pass):
         # The converter leaves ir_version as it was; an opset needs a minimum IR version
         # (opset 19 -> IR 9) for runtimes to accept the model.
         model.ir_version = max(ir_version, _min_ir_version(self.target))
+        # The converter turns attributes into inputs (Squeeze axes, Split sizes...) through
+        # new Constant nodes; make them initializers like LiftConstants would, so running
+        # LiftConstants before or after this pass gives the same model.
+        new = _constant_outputs(model) - before
+        if new:
+            for g in G.iter_graphs(model.graph):
+                lift_graph_constants(g, only=new)
         if ir_version < 4:
             # IR < 4 had to list every initializer as a graph input; from IR 4 on that
             # would make the weights overridable inputs instead of constants.
@@ -111,6 +124,10 @@ class UpgradeOpset(Pass):
                      model.ir_version, len(dropped))
         log.info("upgraded opset %d -> %d", current, default_opset(model))
         return PassResult(model, True)
+
+
+def _constant_outputs(model: onnx.ModelProto) -> set:
+    return {n.output[0] for g in G.iter_graphs(model.graph) for n in g.node if n.op_type == "Constant" and n.output}
 
 
 def _min_ir_version(opset: int) -> int:

@@ -5,7 +5,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from _prep_util import F, apply_twice, assert_same_outputs, check, init, make_model, run, vi
-from fp8onnx.errors import PreconditionError
 from fp8onnx.passes import LiftConstants
 
 
@@ -140,11 +139,20 @@ def test_loop_body():
     np.testing.assert_array_equal(run(original, feeds)[0], run(m, feeds)[0])
 
 
-def test_old_ir_version_is_refused():
-    m = make_model([_const("w", value_floats=[1.0]), helper.make_node("Add", ["x", "w"], ["y"])],
-                   [vi("x", [1])], [vi("y", [1])], opset=7, ir_version=3)
-    with pytest.raises(PreconditionError, match="IR version >= 4"):
-        LiftConstants()(m)
+def test_old_ir_version_lists_lifted_weights_as_inputs():
+    # IR 3: initializers must be graph inputs. UpgradeOpset later drops those inputs.
+    from fp8onnx.passes import UpgradeOpset
+
+    m = make_model([_const("w", value_floats=[1.0, 2.0]), helper.make_node("Add", ["x", "w"], ["y"])],
+                   [vi("x", [2])], [vi("y", [2])], opset=7, ir_version=3)
+    original, m, modified = apply_twice(LiftConstants(), m)
+    assert modified and [v.name for v in m.graph.input] == ["x", "w"] and [t.name for t in m.graph.initializer] == ["w"]
+    check(m)
+    x = np.array([3.0, 4.0], np.float32)
+    np.testing.assert_array_equal(run(m, {"x": x})[0], [4.0, 6.0])
+    UpgradeOpset(19)(m)
+    assert [v.name for v in m.graph.input] == ["x"] and m.ir_version == 9
+    np.testing.assert_array_equal(run(m, {"x": x})[0], [4.0, 6.0])
 
 
 @pytest.mark.parametrize("entry", ["ppocr_det", "ppocr_rec", "ppocr_cls"])

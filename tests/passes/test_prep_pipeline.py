@@ -16,8 +16,8 @@ PREP = ["LiftConstants", "UpgradeOpset", "InferShapes", "FoldConstants", "NameNo
 
 
 def _pipeline():
-    return PassManager([passes.UpgradeOpset(19), passes.LiftConstants(), passes.FoldConstants(),
-                        passes.TopologicalSort(), passes.NameNodes(), passes.InferShapes()])
+    return PassManager([passes.LiftConstants(), passes.UpgradeOpset(19), passes.FoldConstants(),
+                        passes.InferShapes(), passes.NameNodes(), passes.TopologicalSort()])
 
 
 def test_public_api():

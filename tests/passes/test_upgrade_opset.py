@@ -103,6 +103,10 @@ def test_ops_with_changed_signatures_are_rewritten():
     check(m)
     split = next(n for n in m.graph.node if n.op_type == "Split")
     assert len(split.input) == 2 and not any(a.name == "split" for a in split.attribute)
+    # The converter's new Constant nodes (split sizes, axes) are initializers now.
+    assert not [n for n in m.graph.node if n.op_type == "Constant"]
+    inits = {t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer}
+    assert inits[split.input[1]] == [1, 3]
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_array_equal(run(m, {"x": x})[0], x[:, 0] + x[:, 1:].sum(1))
     np.testing.assert_array_equal(run(m, {"x": x})[0], run(original, {"x": x})[0])
@@ -135,8 +139,10 @@ def test_local_functions_are_inlined_then_converted():
     m.functions.append(fn)
     original, m, modified = apply_twice(UpgradeOpset(19), m)
     assert modified and not m.functions and _opset(m) == 19
-    # Squeeze-13 takes its axes as an input: the converter adds a Constant for it.
-    assert {n.op_type for n in m.graph.node} == {"Squeeze", "Mul", "Constant"}
+    # Squeeze-13 takes its axes as an input: the converter adds a Constant for it, which
+    # becomes an initializer.
+    assert {n.op_type for n in m.graph.node} == {"Squeeze", "Mul"}
+    assert [numpy_helper.to_array(t).tolist() for t in m.graph.initializer] == [[0]]
     assert all(n.domain == "" for n in m.graph.node)
     check(m)
     x = np.array([[1.0, -2.0, 3.0]], np.float32)
