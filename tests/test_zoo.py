@@ -354,3 +354,13 @@ def test_cli_fp8_compiles_and_compares_bundled_model(capsys):
     assert r["fp32"] > 0.99 and r["relative_loss"] < 0.02   # paper: E4M3 CNNs lose < 1-2%
     assert main(["digits_mlp", "--fp8", "--format", "e4m3"]) == 0
     assert "relative loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["fp8onnx.zoo", "fp8onnx.zoo.digits", "fp8onnx.zoo.ocr",
+                                    "fp8onnx.zoo.fp8eval"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
