@@ -230,3 +230,27 @@ def test_mixed_native_and_emulated_model_runs_right():
     assert ref_sqnr(ref, got) > 30
     r = evaluate(CNN, mixed, feeds, per_layer=False)
     assert r.outputs[0].top1_agreement > 0.97
+
+
+# --- public API -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["stats", "result", "data", "core", "annotate", "html"])
+def test_docstring_examples_run(name, monkeypatch):
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(ROOT)
+    mod = importlib.import_module(f"fp8onnx.evaluation.{name}")
+    result = doctest.testmod(mod)
+    assert result.failed == 0
+
+
+def test_public_api_and_callable_module():
+    import fp8onnx.evaluate as ev
+    import fp8onnx.evaluation as evaluation
+    import fp8onnx.tune as tn
+
+    for mod in (ev, evaluation, tn):
+        assert all(hasattr(mod, n) for n in mod.__all__), mod
+    assert callable(ev) and callable(tn)  # `fp8onnx.evaluate(...)` works even after `import fp8onnx.evaluate`
+    r = ev(CNN, CNN, TEST_NPZ, samples=10, per_layer=False)
+    assert isinstance(r, evaluation.EvalResult) and r.samples == 10

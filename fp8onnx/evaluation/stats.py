@@ -92,7 +92,7 @@ class Log2Histogram:
     Values outside [2^HIST_LO, 2^HIST_HI) land in the first or last bin.
 
     >>> h = Log2Histogram(); h.update(np.array([0.0, 1.0, 1.0, 3.0]))
-    >>> h.zeros, int(h.counts.sum()), h.edges()[int(np.argmax(h.counts))]
+    >>> h.zeros, int(h.counts.sum()), float(h.edges()[int(np.argmax(h.counts))])
     (1, 3, 0.0)
     """
 
