@@ -155,7 +155,7 @@ class BatchNormCalibration(Pass):
 
     name = "bn_calibration"
 
-    def __init__(self, plan: Plan, source, *, iterations: int = 2, sequential: bool = False,
+    def __init__(self, plan: Plan, source, *, sequential: bool = True, iterations: int = 2,
                  bn_mode: str = "reestimate", clamp=(0.5, 2.0), tol: float = 1e-4,
                  progress: Optional[bool] = None, providers=None) -> None:
         super().__init__()
@@ -197,10 +197,10 @@ class BatchNormCalibration(Pass):
         from fp8onnx.calibration import CalibrationSource, open_source
 
         src = self.source if isinstance(self.source, CalibrationSource) else open_source(self.source, model)
-        measure = _MeasureModel(model, targets, self.providers)
-        float_params = measure.params(targets, quantized=False)
+        measure = _Runner(model, targets, self.providers)
+        float_sess = measure.session(targets, quantized=False, outputs=_fetched(targets, targets))
         # Pass 1: float statistics, the "before" error and the first quantized statistics.
-        fstats, qstats, mse_before = self._run(src, measure, targets, float_params, tag="float+fp8")
+        fstats, qstats, mse_before = self._run(src, measure, targets, float_sess, tag="float+fp8")
         for t in targets:
             t.report["mse_before"] = mse_before[t.reported]
             t.std_f = np.sqrt(fstats[t.out].var)
@@ -218,7 +218,7 @@ class BatchNormCalibration(Pass):
                 moved = [self._update(t, fstats[t.out], qstats[t.out]) for t in targets]
                 if not any(moved):
                     break
-        _, _, mse_after = self._run(src, measure, targets, float_params, tag="check", float_stats=False,
+        _, _, mse_after = self._run(src, measure, targets, float_sess, tag="check", float_stats=False,
                                     q_stats=False)
         modified = self._write(model, targets, mse_after)
         self.seconds = time.perf_counter() - t0
@@ -302,24 +302,25 @@ class BatchNormCalibration(Pass):
         return bn
 
     # -- measuring --------------------------------------------------------------------
-    def _run(self, src, measure, targets, float_params, *, only=None, tag="", float_stats=True,
+    def _run(self, src, measure, targets, float_sess, *, only=None, tag="", float_stats=True,
              q_stats=True):
-        """One pass over the data; float runs too when ``float_params`` is given."""
+        """One pass over the data; the float model runs too when ``float_sess`` is given."""
         self.passes_run += 1
         chosen = only or targets
-        fetch = sorted({t.out for t in chosen} | ({t.reported for t in targets} if float_params else set()))
-        qparams = measure.params(targets, quantized=True)
+        fetch = _fetched(chosen, targets if float_sess is not None else ())
+        qsess = measure.session(targets, quantized=True, outputs=fetch)
+        float_params = float_sess is not None
         fmom = {t.out: _Moments(t.channels) for t in targets} if float_params and float_stats else {}
         qmom = {t.out: _Moments(t.channels) for t in chosen} if q_stats else {}
         sq = {t.reported: 0.0 for t in targets}
         cnt = {t.reported: 0 for t in targets}
         bar = _bar(src, self.progress, f"bn calibration: {tag}")
         for feed in src:
-            yq = dict(zip(fetch, measure.sess.run(fetch, {**feed, **qparams})))
+            yq = dict(zip(fetch, qsess.run(fetch, feed)))
             for name, mom in qmom.items():
                 mom.update(yq[name])
             if float_params:
-                yf = dict(zip(fetch, measure.sess.run(fetch, {**feed, **float_params})))
+                yf = dict(zip(fetch, float_sess.run(fetch, feed)))
                 for name, mom in fmom.items():
                     mom.update(yf[name])
                 for name in sq:
@@ -432,54 +433,65 @@ def _bn_eps(bn) -> float:
     return next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
 
 
-class _MeasureModel:
-    """A copy of the model whose corrected parameters are inputs and Conv outputs outputs."""
+def _fetched(chosen, reported) -> List[str]:
+    """Tensors one pass fetches: the measured Conv outputs and the reported outputs."""
+    return sorted({t.out for t in chosen} | {t.reported for t in reported})
+
+
+class _Runner:
+    """Sessions on a copy of the model holding the current (fake-quantized) parameters.
+
+    Each pass gets a session whose parameters are baked in as initializers and whose
+    graph is cut down to what the fetched tensors need: onnxruntime runs every node of
+    a graph whatever is fetched, and constant weights let it prepack them. Measured on
+    PP-OCR cls (32 lines): a one-layer pass 0.03-0.5 s instead of 1.2 s with every
+    parameter fed as an input, session creation 0.05-0.2 s.
+    """
 
     def __init__(self, model, targets, providers):
+        self.providers = providers
+        self.base = onnx.ModelProto()
+        self.base.CopyFrom(model)
+        nodes = {n.name: n for n in self.base.graph.node}
+        names = NameAllocator(self.base)
+        for t in targets:  # a bias slot for every folded Conv, so one model fits all passes
+            if t.kind == "folded":
+                if t.bias:
+                    t.bias_name = t.bias
+                else:
+                    t.bias_name = names.tensor(f"{t.node.name}_bias")
+                    node = nodes[t.node.name]
+                    while len(node.input) < 2:
+                        node.input.append("")
+                    node.input.append(t.bias_name)
+                    self.base.graph.initializer.append(numpy_helper.from_array(t.b0, t.bias_name))
+        del self.base.graph.output[:]
+        self._fq: Dict[str, tuple] = {}
+
+    def session(self, targets, *, quantized: bool, outputs: List[str]):
         import onnxruntime as ort
 
         m = onnx.ModelProto()
-        m.CopyFrom(model)
-        g = m.graph
-        nodes = {n.name: n for n in g.node}
-        names = NameAllocator(m)
-        as_inputs = []
-        for t in targets:
-            node = nodes[t.node.name]
-            as_inputs.append(t.weight)
-            if t.kind == "bn-stats":
-                as_inputs += list(t.bn.input[3:5])
-            elif t.bias:
-                t.bias_name = t.bias
-                as_inputs.append(t.bias)
-            else:
-                t.bias_name = names.tensor(f"{t.node.name}_bias")
-                while len(node.input) < 2:
-                    node.input.append("")
-                node.input.append(t.bias_name)
-                g.input.append(helper.make_tensor_value_info(t.bias_name, TensorProto.FLOAT, [t.channels]))
-        moved = set(as_inputs)
-        kept = [i for i in g.initializer if i.name not in moved]
-        for i in g.initializer:
-            if i.name in moved:
-                g.input.append(helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)))
-        del g.initializer[:]
-        g.initializer.extend(kept)
-        outs = sorted({t.out for t in targets} | {t.reported for t in targets})
-        del g.output[:]
-        g.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs)
-        remove_unused(g)
+        m.CopyFrom(self.base)
+        inits = {i.name: i for i in m.graph.initializer}
+        for name, value in self.params(targets, quantized).items():
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        m.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
+        remove_unused(m.graph)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=providers)
+        return ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=self.providers)
 
-    @staticmethod
-    def params(targets, *, quantized: bool) -> Dict[str, np.ndarray]:
-        """The fed parameters: current corrections, with fake-quantized weights or float ones."""
+    def params(self, targets, quantized: bool) -> Dict[str, np.ndarray]:
+        """Current corrections, with fake-quantized weights (cached per scale) or float ones."""
         p = {}
         for t in targets:
-            w = t.weight_now()
-            p[t.weight] = fake_quant_weight(w, t.fmt, t.axis) if quantized else t.w0
+            if quantized:
+                key = None if t.a is None else t.a.tobytes()
+                hit = self._fq.get(t.weight)
+                if hit is None or hit[0] != key:
+                    hit = self._fq[t.weight] = (key, fake_quant_weight(t.weight_now(), t.fmt, t.axis))
+                p[t.weight] = hit[1]
             if t.kind == "bn-stats":
                 p[t.bn.input[3]] = t.mean if quantized else t.mean0
                 p[t.bn.input[4]] = t.var if quantized else t.var0

@@ -1,0 +1,251 @@
+"""BatchNormCalibration against brute force: ml_dtypes weights, onnxruntime, numpy moments.
+
+The references never use the pass's code: weights are fake-quantized with ml_dtypes
+(per-channel max scaling written out here), the models run in onnxruntime with every
+calibration sample's Conv output fetched at once, and moments come from numpy.
+"""
+import logging
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+import onnx_builders as B
+from fp8onnx import zoo
+from fp8onnx.api import compile_model, make_recipe, prepare
+from fp8onnx.calibration import open_source
+from fp8onnx.errors import CalibrationError, PreconditionError
+from fp8onnx.passes.bn_calibrate import MARKER, BatchNormCalibration
+from fp8onnx.planner import plan_quantization
+
+CALIB = "models/data/digits_calib.npz"
+ML = {"e4m3": (ml_dtypes.float8_e4m3fn, 448.0), "e5m2": (ml_dtypes.float8_e5m2, 57344.0)}
+
+
+@pytest.fixture(autouse=True)
+def _cwd(monkeypatch, request):
+    monkeypatch.chdir(request.config.rootpath)
+
+
+def fq_ref(w, fmt, axis=0):
+    """Per-channel max-scaled FP8 round trip with ml_dtypes (round to nearest even)."""
+    dtype, fmax = ML[fmt]
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red, keepdims=True).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(fmax), np.float32(1)).astype(np.float32)
+    q = np.clip(w / scale, -fmax, fmax).astype(dtype).astype(np.float32)
+    return (q * scale).astype(np.float32)
+
+
+def with_weights(model, arrays):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
+    return m
+
+
+def fetch(model, names, x):
+    """Every sample's value of ``names`` (onnxruntime, optimisations off, one batch)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, {"input": x})))
+
+
+def moments(y):
+    return y.mean(axis=(0, 2, 3), dtype=np.float64), y.var(axis=(0, 2, 3), dtype=np.float64)
+
+
+def conv_weights(model):
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.input[1]: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node if n.op_type == "Conv"}
+
+
+def calibrate(path, fmt, **kw):
+    work = prepare(onnx.load(path))
+    plan = plan_quantization(work, make_recipe(format=fmt))
+    p = BatchNormCalibration(plan, open_source(CALIB, work, batch_size=64), progress=False, **kw)
+    return work, p, p(work)
+
+
+def calib_x():
+    with np.load(CALIB) as z:
+        return z["input"]
+
+
+@pytest.mark.parametrize("fmt,kw", [("e4m3", {}), ("e5m2", {"sequential": False, "iterations": 3})])
+def test_bn_statistics_are_the_moments_of_the_bn_input_under_fp8_weights(fmt, kw):
+    work, p, res = calibrate("models/digits_cnn.onnx", fmt, **kw)
+    assert res.modified and [c["kind"] for c in p.corrections] == ["bn-stats"] * 3
+    orig = prepare(onnx.load("models/digits_cnn.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    fq = {k: fq_ref(w, fmt) for k, w in conv_weights(work).items()}
+    bns = [n for n in work.graph.node if n.op_type == "BatchNormalization"]
+    ys = fetch(with_weights(work, fq), [n.input[0] for n in bns], calib_x())
+    before = {t.name: numpy_helper.to_array(t) for t in orig.graph.initializer}
+    for bn in bns:
+        mean, var = moments(ys[bn.input[0]])
+        std = np.sqrt(var)
+        np.testing.assert_allclose(inits[bn.input[3]], mean, atol=1e-4 * std.max(), rtol=1e-4)
+        np.testing.assert_allclose(inits[bn.input[4]], var, rtol=2e-4)
+        assert not np.allclose(before[bn.input[3]], inits[bn.input[3]])  # the stats really moved
+    # Gemm weights, Conv weights and everything else are as they were
+    for name, arr in before.items():
+        if not any(name in (bn.input[3], bn.input[4]) for bn in bns):
+            np.testing.assert_array_equal(inits[name], arr, err_msg=name)
+    assert [n.SerializeToString() for n in work.graph.node] == [n.SerializeToString() for n in orig.graph.node]
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("kw,exact_layers", [({}, 3), ({"sequential": False}, 2),
+                                              ({"sequential": False, "iterations": 3}, 3)])
+def test_folded_conv_outputs_keep_float_moments_under_fp8_weights(fmt, kw, exact_layers):
+    orig = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
+    work, p, res = calibrate("models/digits_cnn_bnfold.onnx", fmt, **kw)
+    assert res.modified and [c["kind"] for c in p.corrections] == ["folded"] * 3
+    convs = [n.output[0] for n in orig.graph.node if n.op_type == "Conv"]
+    x = calib_x()
+    yf = fetch(orig, convs, x)
+    y_before = fetch(with_weights(orig, {k: fq_ref(w, fmt) for k, w in conv_weights(orig).items()}), convs, x)
+    y_after = fetch(with_weights(work, {k: fq_ref(w, fmt) for k, w in conv_weights(work).items()}), convs, x)
+    for i, (name, c) in enumerate(zip(convs, p.corrections)):
+        (mf, vf), (ma, va), (mb, vb) = moments(yf[name]), moments(y_after[name]), moments(y_before[name])
+        sf = np.sqrt(vf)
+        mean_err, std_err = np.max(np.abs(ma - mf) / sf), np.max(np.abs(np.sqrt(va) / sf - 1))
+        if i < exact_layers:
+            # joint passes: layer i sees final inputs from pass i+1 on, so it is exact after it
+            assert mean_err < 1e-4 and std_err < 1e-4, (name, mean_err, std_err)
+        else:  # not yet converged, but much closer than without the correction
+            assert mean_err < 0.7 * np.max(np.abs(mb - mf) / sf), (name, mean_err)
+            assert std_err < 0.7 * np.max(np.abs(np.sqrt(vb) / sf - 1)), (name, std_err)
+        mse_b = float(np.mean((y_before[name] - yf[name]) ** 2))
+        mse_a = float(np.mean((y_after[name] - yf[name]) ** 2))
+        assert mse_a < 0.8 * mse_b, (name, mse_b, mse_a)
+        # the pass's own report agrees with the brute force figures
+        assert c["mse_before"] == pytest.approx(mse_b, rel=1e-3)
+        assert c["mse_after"] == pytest.approx(mse_a, rel=1e-3)
+        assert c["mse_reduction"] == pytest.approx(1 - mse_a / mse_b, abs=1e-3)
+        assert 0.5 <= c["a_min"] <= c["a_max"] <= 2 and c["mean_shift_max"] > 0
+
+
+def test_folded_weights_are_channel_scaled_so_fp8_codes_do_not_change():
+    orig = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
+    work, p, _ = calibrate("models/digits_cnn_bnfold.onnx", "e4m3")
+    w0, w1 = conv_weights(orig), conv_weights(work)
+    for name in w0:
+        a = (w1[name].reshape(len(w1[name]), -1) / w0[name].reshape(len(w0[name]), -1))
+        np.testing.assert_allclose(a, a[:, :1] * np.ones_like(a), rtol=1e-6)  # one factor a channel
+        q0, q1 = fq_ref(w0[name], "e4m3"), fq_ref(w1[name], "e4m3")
+        np.testing.assert_allclose(q1, q0 * a[:, :1].reshape(-1, 1, 1, 1), rtol=1e-6)
+
+
+def test_modified_is_measured_and_a_second_run_changes_nothing():
+    for path, kw in (("models/digits_cnn_bnfold.onnx", {}), ("models/digits_cnn.onnx", {}),
+                     ("models/digits_cnn.onnx", {"sequential": False, "iterations": 3})):
+        work, p, res = calibrate(path, "e4m3", **kw)
+        assert res.modified
+        before = work.SerializeToString()
+        plan = plan_quantization(work, make_recipe(format="e4m3"))
+        again = BatchNormCalibration(plan, open_source(CALIB, work, batch_size=64), progress=False, **kw)
+        assert not again(work).modified
+        assert work.SerializeToString() == before
+    # the folded layers are recorded, so they are not corrected twice
+    assert "conv1" in dict((p.key, p.value) for p in
+                           calibrate("models/digits_cnn_bnfold.onnx", "e4m3")[0].metadata_props)[MARKER]
+    # no Conv at all: nothing to do
+    mlp = prepare(onnx.load("models/digits_mlp.onnx"))
+    before = mlp.SerializeToString()
+    p = BatchNormCalibration(plan_quantization(mlp, make_recipe()), CALIB, progress=False)
+    assert not p(mlp).modified and mlp.SerializeToString() == before and p.corrections == []
+
+
+def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog):
+    r = B.rng(3)
+    w = r.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)
+    w[2] = 0.0  # a dead channel: std_q = 0, left alone
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    m = B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("y", ["N", 4, 8, 8])], [B.init("w", w)])
+    work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
+    x = r.normal(0.3, 1.0, (32, 3, 8, 8)).astype(np.float32)
+    plan = plan_quantization(work, make_recipe(format="e5m2"))
+    p = BatchNormCalibration(plan, [{"input": x}], clamp=(1.0, 1.0), progress=False)
+    with caplog.at_level(logging.INFO, logger="fp8onnx.passes"):
+        assert p(work).modified
+    assert "clamped" in caplog.text and p.corrections[0]["clamped"] > 0
+    onnx.checker.check_model(work, full_check=True)
+    conv = next(n for n in work.graph.node if n.op_type == "Conv")
+    assert len(conv.input) == 3
+    inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    np.testing.assert_array_equal(inits["w"], w)        # a_c clamped to 1: weights untouched
+    assert inits[conv.input[2]][2] == 0.0              # dead channel: no shift
+    yf = fetch(m, ["c"], x)["c"]
+    yq = fetch(with_weights(work, {"w": fq_ref(w, "e5m2")}), ["c"], x)["c"]
+    np.testing.assert_allclose(moments(yq)[0], moments(yf)[0], atol=1e-5)  # means matched
+
+
+def test_bad_settings_and_sources():
+    work = prepare(onnx.load("models/digits_cnn.onnx"))
+    plan = plan_quantization(work, make_recipe())
+    with pytest.raises(ValueError, match="iterations"):
+        BatchNormCalibration(plan, CALIB, iterations=0)
+    with pytest.raises(ValueError, match="bn_mode"):
+        BatchNormCalibration(plan, CALIB, bn_mode="train")
+    with pytest.raises(ValueError, match="clamp"):
+        BatchNormCalibration(plan, CALIB, clamp=(1.5, 2))
+    other = prepare(onnx.load("models/digits_cnn.onnx"))
+    with pytest.raises(PreconditionError, match="another model"):
+        BatchNormCalibration(plan, CALIB)(other)
+
+    def once():
+        yield {"input": calib_x()[:8]}
+
+    src = open_source(once(), work)
+    with pytest.raises(CalibrationError, match="read once"):
+        BatchNormCalibration(plan, src)(work)
+
+
+def _native(data):
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"], disabled_optimizers=B.ORT_FP8_UNSAFE)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_cnn_bnfold"])
+def test_accuracy_with_bn_calibration_does_not_regress(zoo_entry, name):
+    e = zoo_entry(name)
+    results = {}
+    for fmt in ("e5m2", "e4m3"):
+        plain = compile_model(e.load(), calibration=CALIB, batch_size=64, format=fmt).model
+        work = prepare(e.load())
+        BatchNormCalibration(plan_quantization(work, make_recipe(format=fmt)),
+                             open_source(CALIB, work, batch_size=64), progress=False)(work)
+        bn = compile_model(work, calibration=CALIB, batch_size=64, format=fmt).model
+        results[fmt] = (e.evaluate(plain, session_factory=_native), e.evaluate(bn, session_factory=_native))
+    for fmt, (without, with_bn) in results.items():
+        # 450 test images: one image is 0.0022; measured: equal or one image better
+        assert with_bn >= without - 2 / 450, (fmt, results)
+        assert with_bn > 0.98, (fmt, results)
+
+
+def test_ppocr_cls_bn_kept_layers_are_recalibrated(zoo_entry):
+    e = zoo_entry("ppocr_cls")
+    work = prepare(e.load())
+    calib = list(e.calib_feeds(16))
+    plan = plan_quantization(work, make_recipe(format="e4m3"))
+    p = BatchNormCalibration(plan, calib, progress=False)
+    assert p(work).modified
+    kinds = [c["kind"] for c in p.corrections]
+    n_bn = sum(n.op_type == "BatchNormalization" for n in work.graph.node)
+    assert kinds.count("bn-stats") >= n_bn - 2 and n_bn >= 30
+    assert all(np.isfinite([c["mse_after"], c["a_min"], c["a_max"]]).all() for c in p.corrections)
+    q = compile_model(work, calibration=calib, format="e4m3").model
+    loss = zoo.relative_loss(e.evaluate(), e.evaluate(q, session_factory=_native))
+    assert loss <= 0.07, loss
