@@ -1,0 +1,169 @@
+"""Full-page OCR for benchmarks: prose pages of any size, det -> crop -> rec, per-line text.
+
+Builds on ``fp8onnx.zoo.ocr`` (font, rapidocr's crop and normalisation, CTC decoding,
+FP32 recogniser) and ``fp8onnx.zoo.prose`` (CPython's documentation, disjoint splits).
+What it adds: pages of a given size (e.g. 736 x 1472, what rapidocr feeds its detector)
+filled with lines word-wrapped to the page width in pixels, and the OCR result read back
+per rendered line, so a detector under test can be scored line by line against FP32::
+
+    >>> pages = render_pages("eval", n_lines=40, height=736, width=1472)   # doctest: +SKIP
+    >>> ocr = PageOcr()                                                     # doctest: +SKIP
+    >>> result = ocr.read(det_session, pages[0])                            # doctest: +SKIP
+    >>> result.lines[:2], result.boxes                                      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List
+
+import numpy as np
+
+__all__ = ["Page", "PageResult", "PageOcr", "render_pages", "det_feed", "det_model_path"]
+
+FONT_SIZES = (24, 28, 32)   # cycled page by page: the detector sees several text heights
+MARGIN = 40                 # pixels around the text block
+LINE_PITCH = 1.75           # line spacing, in font sizes
+
+
+@dataclass
+class Page:
+    """One rendered page: RGB uint8 image, the lines drawn and each line's y band [top, bottom)."""
+
+    image: np.ndarray
+    lines: List[str]
+    bands: List[tuple]
+
+
+@dataclass
+class PageResult:
+    """What the pipeline read: one string per rendered line ('' when nothing was found there)."""
+
+    lines: List[str]
+    boxes: int                 # text boxes the detector found on the page
+    stray: int = 0             # boxes whose centre falls in no line's band
+    box_texts: List[str] = field(default_factory=list)
+
+
+def det_model_path() -> str:
+    """Path of rapidocr-onnxruntime's PP-OCRv4 detection model."""
+    from fp8onnx.zoo.ocr import HINT
+    from fp8onnx.zoo.base import ZooSkip
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ZooSkip(f"skipped: install {HINT}")
+    path = Path(list(spec.submodule_search_locations)[0], "models", "ch_PP-OCRv4_det_infer.onnx")
+    if not path.exists():
+        raise ZooSkip(f"skipped: {path} missing; reinstall {HINT}")
+    return str(path)
+
+
+def _wrap_px(words: List[str], font, max_px: float) -> Iterator[str]:
+    """Greedy word wrap by rendered width (not characters): every line fits the page."""
+    line: List[str] = []
+    for w in words:
+        if line and font.getlength(" ".join(line + [w])) > max_px:
+            yield " ".join(line)
+            line = []
+        line.append(w)
+    if line:
+        yield " ".join(line)
+
+
+def render_pages(split: str, *, n_pages: int = 0, n_lines: int = 0, height: int = 736,
+                 width: int = 1472) -> List[Page]:
+    """Pages of prose from ``split`` ("calib" or "eval"), black DejaVu Sans on white.
+
+    Give ``n_pages`` (every page full) or ``n_lines`` (as many pages as needed, the last
+    one cut so exactly ``n_lines`` lines are drawn). Each paragraph starts a new line;
+    font sizes cycle through FONT_SIZES page by page.
+    """
+    from PIL import Image, ImageDraw
+
+    from fp8onnx.zoo import prose
+    from fp8onnx.zoo.ocr import _font
+
+    if (n_pages > 0) == (n_lines > 0):
+        raise ValueError("give exactly one of n_pages or n_lines, a positive count")
+    words = iter([w for p in prose.paragraphs(split) for w in [*p.split(), None]])  # None: paragraph end
+    pages: List[Page] = []
+    drawn = 0
+    while (n_pages and len(pages) < n_pages) or (n_lines and drawn < n_lines):
+        size = FONT_SIZES[len(pages) % len(FONT_SIZES)]
+        font = _font(size)
+        pitch = int(size * LINE_PITCH)
+        room = (height - 2 * MARGIN) // pitch
+        if n_lines:
+            room = min(room, n_lines - drawn)
+        lines: List[str] = []
+        while len(lines) < room:
+            para = []
+            for w in words:
+                if w is None:
+                    break
+                para.append(w)
+            if not para:
+                raise ValueError(f"the {split!r} split ran out of prose after {drawn + len(lines)} lines")
+            lines.extend(_wrap_px(para, font, width - 2 * MARGIN))
+        lines = lines[:room]
+        img = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(img)
+        bands = []
+        for i, text in enumerate(lines):
+            top = MARGIN + i * pitch
+            draw.text((MARGIN, top + (pitch - size) // 2), text, font=font, fill="black")
+            bands.append((top, top + pitch))
+        pages.append(Page(np.asarray(img), lines, bands))
+        drawn += len(lines)
+    return pages
+
+
+def det_feed(page: Page) -> np.ndarray:
+    """The detector's input for ``page``: 1 x 3 x H x W float32 in [-1, 1] (rapidocr's norm)."""
+    x = (page.image.astype(np.float32) / 255 - 0.5) / 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+class PageOcr:
+    """det (any session) -> rapidocr's DB post-processing -> crop -> FP32 PP-OCRv4 rec.
+
+    The post-processing settings are the zoo's (``OcrDetEntry.read_pages``); the
+    recogniser runs in onnxruntime in FP32, so only the detector differs between runs.
+    """
+
+    def __init__(self):
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+        from fp8onnx.zoo import model_bytes, ort_session
+        from fp8onnx.zoo.ocr import OcrRecEntry
+
+        self._post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000,
+                                   unclip_ratio=1.6, use_dilation=True, score_mode="fast")
+        self._rec = OcrRecEntry()
+        self._rec_session = ort_session(model_bytes(self._rec.load()))
+        self._rec_in = self._rec.io_names()[0]
+
+    def read(self, det_session, page: Page) -> PageResult:
+        """OCR of one page; box texts are assigned to the line whose band holds their centre."""
+        from fp8onnx.zoo.ocr import _crop, _normalize
+
+        inp = det_session.get_inputs()[0].name
+        prob = det_session.run(None, {inp: det_feed(page)})[0]
+        boxes, _ = self._post(prob, page.image.shape[:2])
+        per_line: List[list] = [[] for _ in page.lines]
+        stray, texts = 0, []
+        for b in boxes:
+            b = np.asarray(b, np.float32)
+            text = self._rec.recognize(self._rec_session,
+                                       {self._rec_in: _normalize(_crop(page.image, b), 48, 320)}).strip()
+            texts.append(text)
+            cy = float(b[:, 1].mean())
+            hit = [i for i, (top, bottom) in enumerate(page.bands) if top <= cy < bottom]
+            if hit:
+                per_line[hit[0]].append((float(b[:, 0].min()), text))
+            else:
+                stray += 1
+        lines = [" ".join(t for _, t in sorted(parts) if t) for parts in per_line]
+        return PageResult(lines, len(boxes), stray, texts)
