@@ -47,10 +47,12 @@ import onnx
 
 from .errors import Fp8OnnxError, UserError
 
-__all__ = ["tune", "TuneResult", "Trial", "TUNE_FORMATS", "main", "build_parser"]
+__all__ = ["tune", "TuneResult", "Trial", "STAGES", "TUNE_FORMATS", "main", "build_parser"]
 
 log = logging.getLogger(__name__)
 
+#: The search stages, in the order they run.
+STAGES = ("format", "op_type", "node")
 #: Formats stage 1 tries per op type, in this order.
 TUNE_FORMATS = ("e4m3", "e3m4", "e5m2")
 
@@ -111,14 +113,14 @@ def _merge(base: dict, delta: dict) -> dict:
 
 class _Tuner:
     def __init__(self, model, calibration, eval_data, metric, target_loss, max_trials, base, compile_options,
-                 calib_samples, eval_samples, batch_size, cache):
+                 calib_samples, eval_samples, batch_size, cache, stages):
         from . import modelio
 
         self.model = modelio.load_model(model)
         self.calibration, self.eval_data, self.metric = calibration, eval_data, metric
         self.target, self.max_trials, self.base = target_loss, max_trials, base
         self.options, self.calib_samples, self.eval_samples = compile_options, calib_samples, eval_samples
-        self.batch_size, self.cache = batch_size, cache
+        self.batch_size, self.cache, self.stages = batch_size, cache, stages
         self.history: List[Trial] = []
         self.best = None  # (loss, trial index, CompileResult): what is returned if no trial meets the target
         self.last = None  # the CompileResult of the last trial
@@ -165,7 +167,7 @@ class _Tuner:
         op_counts = Counter(u.op_type for u in res.plan.units if u.status != "float")
         ops = [op for op, _ in op_counts.most_common()]
         # Stage 1: formats per op type.
-        for op in ops:
+        for op in (ops if "format" in self.stages else ()):
             now = _merge(self.base, delta)
             cur_fmt = now.get("op_types", {}).get(op, now.get("format", now.get("weight_format", "e4m3")))
             best = None
@@ -182,7 +184,7 @@ class _Tuner:
                 if best.met_target:
                     return delta, best
         # Stage 2: one op type in float, taken only when that alone meets the target.
-        for op in ops:
+        for op in (ops if "op_type" in self.stages else ()):
             if not self.budget_left():
                 break
             t, _, _ = self.run_trial("op type float", _merge(delta, {"op_types": {op: "float"}}))
@@ -190,7 +192,7 @@ class _Tuner:
                 t.kept = True
                 return t.delta, t
         # Stage 3: single nodes in float, most sensitive first, accumulating what helps.
-        for anchor in _sensitive_anchors(res.plan, ev):
+        for anchor in (_sensitive_anchors(res.plan, ev) if "node" in self.stages else ()):
             if not self.budget_left():
                 break
             from .evaluation import node_pattern
@@ -223,7 +225,7 @@ def _sensitive_anchors(plan, ev) -> List[str]:
 
 def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=None, max_trials: int = 24,
          base_recipe=None, calib_samples: Optional[int] = None, eval_samples: Optional[int] = None,
-         batch_size: int = 1, **compile_options) -> TuneResult:
+         batch_size: int = 1, stages=STAGES, **compile_options) -> TuneResult:
     """Find the recipe with the most FP8 whose relative loss is within ``target_loss``.
 
     ``metric``: as for :func:`fp8onnx.evaluate` (``metric(outputs, targets) -> float`` or
@@ -231,12 +233,17 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     agreement with FP32 for classifiers, 1 - cosine otherwise). ``eval_data``: any form
     evaluate accepts, read once per trial (a one-shot iterator is read into a list).
     ``base_recipe`` and ``compile_options`` are what every trial starts from.
+    ``stages``: which of ``"format"``, ``"op_type"``, ``"node"`` to try (e.g. only
+    ``("node",)`` for hardware with one FP8 format).
     """
     from .api import make_recipe
 
     t0 = time.perf_counter()
     if not 0 <= float(target_loss) < 1:
         raise UserError(f"target loss {target_loss}: give a relative loss in [0, 1), e.g. 0.01 for 1%")
+    bad = [x for x in stages if x not in STAGES]
+    if bad or not stages:
+        raise UserError(f"tuning stages {list(stages)}: choose from {', '.join(STAGES)}")
     if int(max_trials) < 1:
         raise UserError(f"max_trials {max_trials}: give at least 1")
     base = make_recipe(base_recipe, **{k: compile_options.pop(k) for k in list(compile_options)
@@ -250,7 +257,7 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     tmp = tempfile.mkdtemp(prefix="fp8onnx_tune_")
     try:
         tuner = _Tuner(model, calibration, eval_data, metric, float(target_loss), int(max_trials), base,
-                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"))
+                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"), tuple(stages))
         delta, chosen = tuner.tune()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -296,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="use at most N calibration samples")
     p.add_argument("--eval-samples", type=int, help="use at most N evaluation samples")
     p.add_argument("--batch-size", type=int, default=1, help="samples per run for .npz data (default 1)")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
+                   help="search stages to run, in order: other formats per op type, op types in float, "
+                        "single nodes in float (default: all)")
     p.add_argument("--report", help="write the trial log and the chosen recipe here (JSON)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and log every trial")
     return p
@@ -333,7 +343,7 @@ def _run(args) -> int:
             raise UserError("--report and -o must be different files")
     result = tune(args.input, args.calib, args.data, target_loss=args.target_loss, max_trials=args.max_trials,
                   base_recipe=args.recipe, calib_samples=args.samples, eval_samples=args.eval_samples,
-                  batch_size=args.batch_size, format=args.format, scheme=args.scheme)
+                  batch_size=args.batch_size, stages=args.stages, format=args.format, scheme=args.scheme)
     modelio.save_model(result.model, args.output, input_path=args.input)
     if args.report:
         from .evaluation.result import _atomic_text
