@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError

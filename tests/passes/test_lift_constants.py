@@ -1,10 +1,9 @@
 """LiftConstants: Constant nodes become initializers with the same name and value."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _prep_util import F, apply_twice, assert_same_outputs, check, init, make_model, run, vi
+from _prep_util import F, apply_twice, check, make_model, run, vi
 from fp8onnx.passes import LiftConstants
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from _prep_util import apply_twice, check, init, make_model, run, vi
+from _prep_util import apply_twice, check, make_model, run, vi
 from fp8onnx.errors import UserError
 from fp8onnx.passes import TopologicalSort
 

@@ -2,11 +2,10 @@
 import copy
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _prep_util import F, apply_twice, check, init, make_model, run, vi
+from _prep_util import apply_twice, check, init, make_model, run, vi
 from fp8onnx.errors import UserError
 from fp8onnx.passes import UpgradeOpset
 from fp8onnx.passes.upgrade_opset import default_opset
