@@ -85,7 +85,7 @@ class FoldConstants(Pass):
             idx = G.GraphIndex(g)
             known: Dict[str, np.ndarray] = {}
             dropped, new_inits = set(), []
-            for node in g.node:
+            for position, node in enumerate(g.node):
                 if not self._candidate(node, idx, graph_outputs, overridable, known, failed):
                     continue
                 inputs = [None if not i else known[i] if i in known else idx.constant(i) for i in node.input]
@@ -102,11 +102,11 @@ class FoldConstants(Pass):
                     if out:
                         known[out] = value
                         new_inits.append(numpy_helper.from_array(value, out))
-                dropped.add(id(node))
+                dropped.add(position)  # positions, not id(): wrappers may be recreated
                 fed.update(i for i in node.input if i)
             if not dropped:
                 break
-            kept = [n for n in g.node if id(n) not in dropped]
+            kept = [n for i, n in enumerate(g.node) if i not in dropped]
             del g.node[:]
             g.node.extend(kept)
             g.initializer.extend(new_inits)
