@@ -252,7 +252,28 @@ def check_output_path(path: PathLike, *, input_path: Optional[PathLike] = None) 
         raise ModelFileError(
             f"output path {path!r} is the input model; choose a different output path (the input is never overwritten)"
         )
+    data = path + ".data"
+    if input_path is not None and os.path.exists(data) and _is_input_data_file(data, os.fspath(input_path)):
+        raise ModelFileError(
+            f"output path {path!r} would overwrite {os.path.basename(data)!r}, the input model's external data; "
+            "choose a different output name"
+        )
     return folder
+
+
+def _is_input_data_file(candidate: str, input_path: str) -> bool:
+    """True when ``candidate`` is one of the external-data files of the model at ``input_path``."""
+    try:
+        model = onnx.load(input_path, load_external_data=False)
+    except Exception:  # not readable as a model: it has no data files to protect
+        return False
+    base = os.path.dirname(os.path.abspath(input_path))
+    for t in _all_tensors(model):
+        if _is_external(t):
+            location = _external_info(t)[0]
+            if location and _same_file(os.path.join(base, location), candidate):
+                return True
+    return False
 
 
 def _same_file(a: str, b: str) -> bool:

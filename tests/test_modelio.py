@@ -341,3 +341,18 @@ def test_real_model_file_and_its_truncations(tmp_path):
         cut.write_bytes(before[: int(len(before) * fraction)])
         with pytest.raises(ModelFileError, match="is truncated or not an ONNX model"):
             load_model(cut)
+
+
+def test_save_refuses_to_overwrite_the_inputs_external_data(tmp_path):
+    m = _model(64)
+    save_model(m, tmp_path / "in.onnx", external_data=True)  # writes in.onnx.data
+    loaded = load_model(tmp_path / "in.onnx")
+    # The input is now other.onnx, whose weights live in in.onnx.data: saving to in.onnx
+    # with external data would replace that file.
+    os.rename(tmp_path / "in.onnx", tmp_path / "other.onnx")
+    data = (tmp_path / "in.onnx.data").read_bytes()
+    with pytest.raises(ModelFileError, match="would overwrite 'in.onnx.data', the input model's external data"):
+        save_model(loaded, tmp_path / "in.onnx", external_data=True, input_path=tmp_path / "other.onnx")
+    assert (tmp_path / "in.onnx.data").read_bytes() == data
+    save_model(loaded, tmp_path / "out.onnx", external_data=True, input_path=tmp_path / "other.onnx")
+    assert load_model(tmp_path / "out.onnx") == loaded
