@@ -111,3 +111,32 @@ def test_model_over_2gb(tmp_path):
     del m
     loaded = modelio.load_model(path)
     assert _digest(loaded) == digest
+
+
+def test_scan_body_is_prepared():
+    # Scan body: acc += x_t @ Transpose(Constant W); every pass recurses into it.
+    from _prep_util import make_model, vi
+
+    w = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w)),
+         helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x_t", "Wt"], ["p"]),
+         helper.make_node("Add", ["acc_in", "p"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["y_t"])],
+        "body", [vi("acc_in", [2]), vi("x_t", [2])], [vi("acc_out", [2]), vi("y_t", [2])],
+    )
+    m = make_model([helper.make_node("Scan", ["acc0", "xs"], ["acc", "ys"], body=body, num_scan_inputs=1)],
+                   [vi("acc0", [2]), vi("xs", [3, 2])], [vi("acc", [2]), vi("ys", [3, 2])], opset=19)
+    feeds = {"acc0": np.zeros(2, np.float32), "xs": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    expected = run(m, feeds)
+    assert _pipeline()(m).modified
+    assert _pipeline()(m).modified is False
+    check(m)
+    body = m.graph.node[0].attribute[0].g
+    assert [n.op_type for n in body.node] == ["MatMul", "Add", "Identity"]
+    assert [t.name for t in body.initializer] == ["Wt"]
+    np.testing.assert_array_equal(numpy_helper.to_array(body.initializer[0]), w.T)
+    assert all(n.name for n in body.node) and len(body.value_info) >= 1
+    for a, b in zip(expected, run(m, feeds)):
+        np.testing.assert_array_equal(a, b)
