@@ -20,7 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+
+# tools/ holds scripts, not modules to import: keep its files from shadowing installed
+# packages (a tools/coverage.py breaks Numba's optional `import coverage`).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import numpy as np
 import onnxruntime as ort
