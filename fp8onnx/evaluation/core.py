@@ -28,7 +28,7 @@ from .. import modelio
 from ..errors import UserError
 from .data import check_formats, check_same_inputs, eval_batches, model_inputs, session_for
 from .result import EvalResult, LayerFigures, OutputFidelity
-from .stats import ErrorStats, Log2Histogram
+from .stats import HIST_LO, HIST_PER_OCTAVE, ErrorStats, Log2Histogram, sqnr_db
 
 __all__ = ["evaluate", "PerSample", "tensor_map", "weight_figures"]
 
@@ -176,36 +176,34 @@ SATURATION_SLACK = 1 + 2.0 ** -16
 
 
 class _ActivationAcc:
-    """Streaming figures of one quantized activation."""
+    """Streaming figures of one quantized activation (one fused pass per batch)."""
 
     def __init__(self, layer: LayerFigures, fmt: _formats.Format):
         self.layer, self.fmt = layer, fmt
-        self.acc, self.local, self.hist = ErrorStats(), ErrorStats(), Log2Histogram()
-        self.saturated = self.under = self.nonzero = self.count = 0
-        self.amax_q = self.amax_f = 0.0
+        self.hist = Log2Histogram()
+        self.sums = np.zeros(12, np.float64)
+        self.counts = np.zeros(9, np.int64)
         self.hi = fmt.max * layer.scale * SATURATION_SLACK
         self.lo = fmt.min_subnormal / 2 * layer.scale  # below it, values round to zero
 
     def update(self, ref, pre, deq) -> None:
-        self.acc.update(ref, deq)
-        self.local.update(pre, deq)
-        a = np.abs(np.asarray(pre, np.float32))
-        self.count += a.size
-        if a.size:
-            self.amax_q = max(self.amax_q, float(np.nanmax(a)))
-            self.amax_f = max(self.amax_f, float(np.nanmax(np.abs(ref))))
-        self.saturated += int(np.count_nonzero(a > self.hi))
-        nz = a > 0
-        self.nonzero += int(np.count_nonzero(nz))
-        self.under += int(np.count_nonzero(nz & (a < self.lo)))
-        self.hist.update(ref, divide_by=self.layer.scale)
+        from ._accumulate import activation_pass
+
+        arrays = [np.asarray(a, dtype=np.float32).ravel() for a in (ref, pre, deq)]
+        if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
+            raise UserError(f"tensor {self.layer.tensor!r} has shape {np.shape(ref)} in the float model but "
+                            f"{np.shape(pre)} in the FP8 model: pass the FP8 model compiled from this float model")
+        activation_pass(*arrays, self.hi, self.lo, 1.0 / self.layer.scale, float(HIST_LO),
+                        float(HIST_PER_OCTAVE), self.hist.counts, self.sums, self.counts)
 
     def finish(self) -> None:
-        L = self.layer
-        L.sqnr_db, L.local_sqnr_db = self.acc.sqnr_db, self.local.sqnr_db
-        L.saturation = self.saturated / self.count if self.count else None
-        L.underflow = self.under / self.nonzero if self.nonzero else 0.0
-        L.amax_observed, L.amax_float, L.elements, L.hist = self.amax_q, self.amax_f, self.count, self.hist
+        L, s, c = self.layer, self.sums, self.counts
+        L.sqnr_db, L.local_sqnr_db = sqnr_db(s[0], s[3]), sqnr_db(s[5], s[8])
+        L.saturation = int(c[4]) / int(c[8]) if c[8] else None
+        L.underflow = int(c[5]) / int(c[6]) if c[6] else 0.0
+        L.amax_observed, L.amax_float, L.elements = float(s[10]), float(s[11]), int(c[8])
+        self.hist.zeros = int(c[7])
+        L.hist = self.hist
 
 
 class _OutputAcc:

@@ -91,7 +91,7 @@ def _histogram(plt, layer):
     nz = np.nonzero(h.counts)[0]
     fmt = _formats.get(layer.format)
     grid = representable_magnitudes(fmt)
-    lo = min(edges[nz[0]] if nz.size else 0, math.log2(grid[0])) - 1
+    lo = min(edges[nz[0]] if nz.size else 0, math.log2(grid[0] / 2)) - 1
     hi = max(edges[nz[-1] + 1] if nz.size else 1, math.log2(grid[-1])) + 1
     fig, ax = plt.subplots(figsize=(8, 2.6))
     total = max(1, int(h.counts.sum()) + h.zeros)
