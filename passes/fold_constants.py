@@ -15,7 +15,8 @@ fed folded nodes are removed when nothing else reads them.
 Never folded: nodes with subgraphs, random ops, ops outside ai.onnx, nodes with no
 inputs, nodes whose output is a graph output, names in ``skip_ops``, and results larger
 than ``max_bytes`` (64 MiB by default: a Tile/Expand/ConstantOfShape of a scalar can
-blow up; their output size is predicted before evaluating). A Shape of an activation is
+blow up; their output size is predicted before evaluating; an initializer input over
+4 x ``max_bytes`` is not even read). A Shape of an activation is
 never constant, so shape chains are left alone. Run it before quantization: it folds
 ``DequantizeLinear`` of constant weights back to float.
 
@@ -87,6 +88,14 @@ class FoldConstants(Pass):
             dropped, new_inits = set(), []
             for position, node in enumerate(g.node):
                 if not self._candidate(node, idx, graph_outputs, overridable, known, failed):
+                    continue
+                big = next((i for i in node.input if i in idx.initializers
+                            and G.tensor_nbytes(idx.initializers[i]) > 4 * self.max_bytes), None)
+                if big is not None:
+                    # Not even read: no usual weight op shrinks its input more than 4x
+                    # (float32 -> FP8), so the result would exceed max_bytes anyway.
+                    log.debug("not folding %s %r: input %r is too large", node.op_type, node.name, big)
+                    failed.add(node.output[0])
                     continue
                 inputs = [None if not i else known[i] if i in known else idx.constant(i) for i in node.input]
                 predicted = _predicted_bytes(node, inputs)

@@ -230,3 +230,16 @@ def test_real_models(zoo_entry, entry):
     for feeds in e.calib_feeds(2):
         for a, b in zip(run(original, feeds), run(m, feeds)):
             np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+
+
+def test_huge_inputs_are_not_read(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fc, "evaluate_node", lambda *a: calls.append(a[0].op_type))
+    w = np.ones((1024, 1024), np.float32)  # 4 MiB
+    m = make_model([helper.make_node("Transpose", ["W"], ["wt"], perm=[1, 0]),
+                    helper.make_node("MatMul", ["x", "wt"], ["y"])],
+                   [vi("x", [1, 1024])], [vi("y", [1, 1024])], [init("W", w)])
+    assert FoldConstants(max_bytes=1 << 19)(m).modified is False and calls == []
+    # Within 4 x max_bytes it is evaluated (then kept or dropped by its real size).
+    assert FoldConstants(max_bytes=1 << 20)(m).modified is False
+    assert calls == ["Transpose"]
