@@ -59,7 +59,10 @@ class GraphIndex:
         self.producer: Dict[str, onnx.NodeProto] = {}
         self.consumers: Dict[str, List[onnx.NodeProto]] = defaultdict(list)
         self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
+        self.all_inputs = {v.name for v in graph.input}
+        # Inputs the caller must feed; an initializer also listed as an input is a default
+        # the caller may override, so it is in all_inputs but not constant.
+        self.graph_inputs = self.all_inputs - set(self.initializers)
         self.graph_outputs = {v.name for v in graph.output}
         self.value_info = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
         for node in graph.node:
@@ -71,7 +74,7 @@ class GraphIndex:
 
     def is_constant(self, name: str) -> bool:
         """True for initializers (not overridable by an input) and Constant-node outputs."""
-        if name in self.initializers and name not in self.graph_inputs:
+        if name in self.initializers and name not in self.all_inputs:
             return True
         p = self.producer.get(name)
         return p is not None and p.op_type == "Constant"

@@ -126,17 +126,18 @@ class Timing(Instrument):
 class DumpAfter(Instrument):
     """Saves the model after every pass as ``<dir>/<NN>_<pass>.onnx``, to open in Netron.
 
-    Models over 2 GB are written with external data beside them.
+    Models over 2 GB are written with external data beside them (fp8onnx.modelio).
     """
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
     def after(self, pass_, result, index):
+        from .modelio import save_model  # handles models over 2 GB, where ByteSize() fails
+
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"{index:02d}_{pass_.name}.onnx")
-        large = result.model.ByteSize() > 1_800_000_000
-        onnx.save_model(result.model, path, save_as_external_data=large)
+        save_model(result.model, path)
         log.info("dumped model after %s to %s", pass_.name, path)
 
 

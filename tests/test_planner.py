@@ -196,3 +196,12 @@ def test_decomposed_hardswish_is_one_float_unit_in_extended():
     assert u["hs_add"].unit == "hardswish" and u["hs_add"].status == "float"
     assert sorted(u["hs_add"].nodes) == ["hs_add", "hs_clip", "hs_div", "hs_mul"]
     assert u["conv"].status == "quantized"
+
+
+def test_initializer_listed_as_graph_input_is_not_a_constant_weight():
+    # older exporters list weights as inputs: a caller may feed another value, so no FP8 copy
+    m = B.conv_relu_gemm()
+    m.graph.input.append(B.vi("fc.w", [10, 256]))
+    plan = plan_quantization(m, Recipe())
+    (f,) = [f for f in plan.float_nodes if f.node == "fc"]
+    assert "graph input that callers may override" in f.reason

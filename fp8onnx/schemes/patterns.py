@@ -31,7 +31,7 @@ def constant_weight(var: str, what: str = "weight"):
             if m.index.is_constant(name):
                 return f"{what} {name!r} is a Constant node output (run lift_constants first)"
             return f"{what} {name!r} is not constant"
-        if name in m.index.graph_inputs:
+        if name in m.index.all_inputs:
             return f"{what} {name!r} is a graph input that callers may override"
         if m.index.initializers[name].data_type not in _FLOATS:
             return f"{what} {name!r} is not a float tensor"
