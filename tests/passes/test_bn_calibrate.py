@@ -235,17 +235,24 @@ def test_accuracy_with_bn_calibration_does_not_regress(zoo_entry, name):
         assert with_bn > 0.98, (fmt, results)
 
 
-def test_ppocr_cls_bn_kept_layers_are_recalibrated(zoo_entry):
-    e = zoo_entry("ppocr_cls")
-    work = prepare(e.load())
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ppocr_cls", "ppocr_rec"])
+def test_ppocr_layers_match_float_and_the_metric_holds(zoo_entry, name):
+    """PP-OCR cls keeps 35 BN nodes, rec folds most of them: both kinds on real models."""
+    e = zoo_entry(name)
     calib = list(e.calib_feeds(16))
-    plan = plan_quantization(work, make_recipe(format="e4m3"))
-    p = BatchNormCalibration(plan, calib, progress=False)
+    work = prepare(e.load())
+    n_bn = sum(n.op_type == "BatchNormalization" for n in work.graph.node)
+    p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e4m3")), calib,
+                             bn_mode="match", progress=False)
     assert p(work).modified
     kinds = [c["kind"] for c in p.corrections]
-    n_bn = sum(n.op_type == "BatchNormalization" for n in work.graph.node)
-    assert kinds.count("bn-stats") >= n_bn - 2 and n_bn >= 30
-    assert all(np.isfinite([c["mse_after"], c["a_min"], c["a_max"]]).all() for c in p.corrections)
-    q = compile_model(work, calibration=calib, format="e4m3").model
-    loss = zoo.relative_loss(e.evaluate(), e.evaluate(q, session_factory=_native))
-    assert loss <= 0.07, loss
+    assert n_bn - 2 <= kinds.count("bn-stats") <= n_bn and kinds.count("folded") >= 10
+    red = [c["mse_reduction"] for c in p.corrections]
+    assert np.median(red) > 0.5 and np.mean(np.array(red) > 0) > 0.9, red
+    m32 = e.evaluate()
+    plain = compile_model(prepare(e.load()), calibration=calib, format="e4m3").model
+    with_bn = compile_model(work, calibration=calib, format="e4m3").model
+    loss_plain = zoo.relative_loss(m32, e.evaluate(plain, session_factory=_native))
+    loss_bn = zoo.relative_loss(m32, e.evaluate(with_bn, session_factory=_native))
+    assert loss_bn <= loss_plain + 2 / e.default_eval_n, (loss_plain, loss_bn)
