@@ -148,6 +148,36 @@ def test_folded_weights_are_channel_scaled_so_fp8_codes_do_not_change():
         np.testing.assert_allclose(q1, q0 * a[:, :1].reshape(-1, 1, 1, 1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_correction_holds_in_the_fp8_model_insert_qdq_builds_with_the_same_plan(fmt):
+    """The lead's order: prepare, plan, this pass, then InsertQDQ with the plan made before."""
+    from fp8onnx.passes import InsertQDQ
+
+    orig = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
+    work = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
+    plan = plan_quantization(work, make_recipe(format=fmt))
+    for d in plan.units:
+        d.activation_uses.clear()  # weights only: the Conv outputs then see FP8 weights alone
+    assert BatchNormCalibration(plan, open_source(CALIB, work, batch_size=64), progress=False)(work).modified
+    InsertQDQ(plan, {})(work)
+    dq = [n for n in work.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 5  # 3 Conv + 2 Gemm weights, onnxruntime's own DequantizeLinear
+    convs = [n.output[0] for n in orig.graph.node if n.op_type == "Conv"]
+    x = calib_x()
+    yf = fetch(orig, convs, x)
+    m = onnx.ModelProto()
+    m.CopyFrom(work)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in convs)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=B.ORT_FP8_UNSAFE)
+    yq = dict(zip(convs, sess.run(convs, {"input": x})))
+    for name in convs:
+        (mf, vf), (mq, vq) = moments(yf[name]), moments(yq[name])
+        sf = np.sqrt(vf)
+        assert np.max(np.abs(mq - mf) / sf) < 1e-4 and np.max(np.abs(np.sqrt(vq) / sf - 1)) < 1e-4, name
+
+
 def test_modified_is_measured_and_a_second_run_changes_nothing():
     for path, kw in (("models/digits_cnn_bnfold.onnx", {}), ("models/digits_cnn.onnx", {}),
                      ("models/digits_cnn.onnx", {"sequential": False, "iterations": 3})):
