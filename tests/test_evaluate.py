@@ -6,7 +6,6 @@ import os
 import ml_dtypes
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import onnx_builders as B

@@ -299,11 +299,13 @@ def evaluate(float_model, fp8_model, data, *, samples: Optional[int] = None, met
     f_sess = factory(_with_outputs(fm, f_fetch) if acts else fm)
     q_sess = factory(_with_outputs(qm, q_fetch) if acts else qm)
     outs = [_OutputAcc(n) for n in out_names]
-    metrics = None
+    metrics = None  # [FP32, FP8], fresh accumulators: the caller's object is not mutated
     if metric is not None:
-        metrics = [metric if isinstance(metric, PerSample) else _WholeMetric(metric) for _ in range(2)]
-        if isinstance(metric, PerSample):
-            metrics = [PerSample(metric.fn), PerSample(metric.fn)]
+        if not callable(metric) and not isinstance(metric, PerSample):
+            raise UserError(f"metric must be a function metric(outputs, targets) -> float or a PerSample, "
+                            f"not {type(metric).__name__}")
+        make = (lambda: PerSample(metric.fn)) if isinstance(metric, PerSample) else (lambda: _WholeMetric(metric))
+        metrics = [make(), make()]
     n_samples = n_feeds = 0
     for feeds, targets in eval_batches(data, fm, samples=samples, batch_size=batch_size):
         fo = dict(zip(f_fetch, f_sess.run(f_fetch, feeds)))
@@ -326,8 +328,10 @@ def evaluate(float_model, fp8_model, data, *, samples: Optional[int] = None, met
                         notes=notes)
     if metrics:
         result.metric_fp32, result.metric_fp8 = metrics[0].value(), metrics[1].value()
-        if result.metric_fp32 not in (0.0,) and np.isfinite(result.metric_fp32):
+        if result.metric_fp32 != 0 and np.isfinite(result.metric_fp32):
             result.relative_loss = (result.metric_fp32 - result.metric_fp8) / abs(result.metric_fp32)
+        else:
+            notes.append(f"the FP32 metric is {result.metric_fp32}: the relative loss is undefined")
     result.seconds = time.perf_counter() - t0
     log.info("evaluated %d samples in %.2f s", n_samples, result.seconds)
     return result
