@@ -223,6 +223,30 @@ def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog):
     np.testing.assert_allclose(moments(yq)[0], moments(yf)[0], atol=1e-5)  # means matched
 
 
+def test_conv_transpose_output_channels_are_axis_1():
+    r = B.rng(5)
+    w1 = r.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32)
+    w2 = r.normal(0, 0.3, (6, 4, 2, 2)).astype(np.float32)  # ConvTranspose: [C_in, C_out, k, k]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["y"], name="up", strides=[2, 2]),
+             helper.make_node("Relu", ["y"], ["out"], name="relu2")]
+    m = B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("out", ["N", 4, 16, 16])],
+                [B.init("w1", w1), B.init("w2", w2), B.init("b2", r.normal(0, 0.1, 4).astype(np.float32))])
+    work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
+    x = r.normal(0.2, 1.0, (48, 3, 8, 8)).astype(np.float32)
+    p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e5m2")), [{"input": x}], progress=False)
+    assert p(work).modified
+    assert [(c["node"], c["kind"], c["channels"]) for c in p.corrections] == [("conv", "folded", 6), ("up", "folded", 4)]
+    inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    yq = fetch(with_weights(work, {"w1": fq_ref(inits["w1"], "e5m2", 0), "w2": fq_ref(inits["w2"], "e5m2", 1)}),
+               ["c1", "y"], x)
+    yf = fetch(m, ["c1", "y"], x)
+    for name in ("c1", "y"):
+        (mf, vf), (mq, vq) = moments(yf[name]), moments(yq[name])
+        assert np.max(np.abs(mq - mf) / np.sqrt(vf)) < 1e-4 and np.max(np.abs(np.sqrt(vq / vf) - 1)) < 1e-4
+
+
 def test_bad_settings_and_sources():
     work = prepare(onnx.load("models/digits_cnn.onnx"))
     plan = plan_quantization(work, make_recipe())
