@@ -56,7 +56,7 @@ def _other_inputs(dst):
     onnx.save(B.conv_relu_gemm(), dst)
 
 
-@pytest.mark.parametrize("case", ["missing_float", "missing_fp8", "not_onnx", "bad_data_names", "missing_data",
+@pytest.mark.parametrize("case", ["missing_float", "missing_fp8", "not_onnx", "bad_data_names", "bad_data_shape", "missing_data",
                                   "inputs_differ", "unknown_format", "bad_samples", "same_outputs",
                                   "output_folder_missing"])
 def test_cli_bad_input_one_line_exit_2_no_files(case, fp8_paths, tmp_path, capsys):
@@ -74,6 +74,9 @@ def test_cli_bad_input_one_line_exit_2_no_files(case, fp8_paths, tmp_path, capsy
     elif case == "bad_data_names":
         data = str(tmp_path / "d.npz")
         np.savez(data, x=np.zeros((2, 1, 8, 8), np.float32))
+    elif case == "bad_data_shape":
+        data = str(tmp_path / "d.npz")
+        np.savez(data, input=np.zeros((2, 1, 9, 9), np.float32), label=np.zeros(2))
     elif case == "missing_data":
         data = str(tmp_path / "nothere.npz")
     elif case == "inputs_differ":
@@ -96,7 +99,8 @@ def test_cli_bad_input_one_line_exit_2_no_files(case, fp8_paths, tmp_path, capsy
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
     assert not any(os.path.exists(p) for p in outs.values())
-    assert os.listdir(tmp_path) == [] or case in ("not_onnx", "bad_data_names", "inputs_differ", "unknown_format")
+    assert os.listdir(tmp_path) == [] or case in ("not_onnx", "bad_data_names", "bad_data_shape", "inputs_differ",
+                                                 "unknown_format")
 
 
 def test_cli_unknown_format_message_names_it(fp8_paths, tmp_path, capsys):
