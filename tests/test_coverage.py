@@ -1,0 +1,224 @@
+"""The coverage study tool (tools/coverage.py): real jobs in real subprocesses.
+
+The default-suite fixture runs one small sweep (digits_mlp: FP32, E4M3, INT8, the peer
+and a job with an unknown format that must fail) and the tests check its rows, the
+markdown's counts against a recount from the rows, the PNGs, resuming and skipping.
+The full ``--quick`` sweep (3 models x 19 configurations) is marked slow.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from fp8onnx import zoo
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _load(name):
+    key = f"fp8onnx_tools_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, TOOLS / f"{name}.py")
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+cov = _load("coverage")
+report = _load("coverage_report")
+
+OK_FIELDS = ("model", "config", "kind", "status", "metric", "size_bytes", "run_s", "peak_rss_mb",
+             "eval_samples", "domain", "family", "job_s")
+COMPILE_FIELDS = ("compile_s", "compile_peak_rss_mb", "base_rss_mb", "relative_loss")
+
+
+class CountingLauncher:
+    """The real launcher, counting the subprocesses it starts."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, spec, timeout):
+        self.calls.append((spec["model"], spec["config"]))
+        return cov.launch(spec, timeout)
+
+
+def _png_ok(path: Path) -> bool:
+    """A PNG signature, an IHDR chunk with a sane size and every chunk's CRC correct."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    pos, seen = 8, []
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        crc = int.from_bytes(data[pos + 8 + length:pos + 12 + length], "big")
+        if zlib.crc32(kind + body) != crc:
+            return False
+        seen.append(kind)
+        pos += 12 + length
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return seen[0] == b"IHDR" and seen[-1] == b"IEND" and b"IDAT" in seen and 100 < w < 5000 and 100 < h < 5000
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coverage")
+    configs = ["fp32", "e4m3-std", "e9m9-std", "peer"]  # e9m9: not a format, must fail
+    specs, skipped = cov.plan_jobs([zoo.get("digits_mlp")], configs, calib_samples=8, eval_samples=64)
+    launcher = CountingLauncher()
+    launched = cov.run_sweep(specs, skipped, out, jobs=2, timeout=600, launcher=launcher, log=lambda *a: None)
+    rows = cov.read_rows(out / "results.jsonl")
+    text = report.write_report(rows, out)
+    return {"out": out, "specs": specs, "launched": launched, "launcher": launcher, "rows": rows, "md": text}
+
+
+def test_rows_are_complete(sweep):
+    rows = {r["config"]: r for r in sweep["rows"]}
+    assert set(rows) == {"fp32", "e4m3-std", "e9m9-std", "peer"}
+    assert len(sweep["launcher"].calls) == 4
+    for cfg in ("fp32", "e4m3-std", "peer"):
+        r = rows[cfg]
+        assert r["status"] == "ok", r
+        for key in OK_FIELDS:
+            assert r.get(key) is not None, (cfg, key)
+        if cfg != "fp32":
+            for key in COMPILE_FIELDS:
+                assert r.get(key) is not None, (cfg, key)
+            assert r["compile_peak_rss_mb"] >= r["base_rss_mb"] > 10
+            # relative loss written by the worker is the one recomputed from the FP32 row
+            fp32 = rows["fp32"]["metric"]
+            assert r["relative_loss"] == pytest.approx((fp32 - r["metric"]) / fp32)
+    assert rows["fp32"]["eval_samples"] == 64 and rows["e4m3-std"]["calib_samples"] == 8
+    # quantized weights are stored as 1-byte codes: the file shrinks about 4x
+    assert rows["e4m3-std"]["size_bytes"] < 0.35 * rows["fp32"]["size_bytes"]
+    assert "metric_safe" in rows["peer"]
+
+
+def test_failed_job_is_recorded_and_the_rest_continue(sweep):
+    rows = {r["config"]: r for r in sweep["rows"]}
+    bad = rows["e9m9-std"]
+    assert bad["status"].startswith("failed: ") and "e9m9" in bad["status"]
+    assert sum(r["status"] == "ok" for r in sweep["rows"]) == 3
+    assert "e9m9-std" in sweep["md"] and "## Failed jobs" in sweep["md"]
+
+
+def test_markdown_counts_equal_a_recount(sweep):
+    rows = sweep["rows"]
+    fp32 = next(r["metric"] for r in rows if r["config"] == "fp32")
+
+    def within(cfg):
+        r = next(r for r in rows if r["config"] == cfg)
+        return int(r["status"] == "ok" and (fp32 - r["metric"]) / fp32 <= 0.01)
+
+    line = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| standard |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # | standard | E5M2 | E4M3 | E3M4 | best FP8 | INT8 |
+    assert cells[1] == "not run" and cells[3] == "not run"
+    assert cells[2].startswith(f"{within('e4m3-std')}/1 ")
+    assert cells[4] == f"**{cells[2]}**"  # E4M3 is the only FP8 format run
+    assert cells[5] == "not run"
+    peer = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| defaults"))
+    assert peer.split("|")[2].strip().startswith(f"{within('peer')}/1 ")
+    assert "| standard + BN calib | not run |" in sweep["md"]
+
+
+def test_pngs_are_valid(sweep):
+    for name in ("fig4_loss_per_model.png", "fig5_loss_vs_size.png"):
+        assert _png_ok(sweep["out"] / name), name
+    broken = sweep["out"] / "broken.png"
+    broken.write_bytes((sweep["out"] / "fig4_loss_per_model.png").read_bytes()[:-20])
+    assert not _png_ok(broken)  # the checker itself rejects a truncated file
+
+
+def test_resume_skips_finished_jobs(sweep):
+    out = sweep["out"]
+    before = (out / "results.jsonl").read_text()
+    launcher = CountingLauncher()
+    again = cov.run_sweep(sweep["specs"], [], out, resume=True, launcher=launcher, log=lambda *a: None)
+    assert launcher.calls == [] and again == []
+    assert (out / "results.jsonl").read_text() == before
+    # one more configuration: only that job runs, and it gets the FP32 metric from the file
+    specs, _ = cov.plan_jobs([zoo.get("digits_mlp")], ["fp32", "peer-sym"], calib_samples=8, eval_samples=64)
+    launcher = CountingLauncher()
+    new = cov.run_sweep(specs, [], out, resume=True, launcher=launcher, log=lambda *a: None)
+    assert launcher.calls == [("digits_mlp", "peer-sym")]
+    assert new[0]["status"] == "ok" and new[0].get("relative_loss") is not None
+    assert len(cov.read_rows(out / "results.jsonl")) == len(sweep["rows"]) + 1
+    # --retry-failed reruns exactly the failed job
+    launcher = CountingLauncher()
+    cov.run_sweep(sweep["specs"], [], out, resume=True, retry_failed=True, launcher=launcher, log=lambda *a: None)
+    assert launcher.calls == [("digits_mlp", "e9m9-std")]
+
+
+class _Missing(zoo.ZooEntry):
+    name, domain, family = "needs_a_package", "cv", "cnn"
+    install_hint = "pip install fp8onnx-no-such-package"
+    requires = (("fp8onnx_no_such_module", "fp8onnx-no-such-package (pip install fp8onnx-no-such-package)"),)
+
+
+def test_missing_package_row_says_install(tmp_path):
+    specs, skipped = cov.plan_jobs([_Missing(), zoo.get("digits_mlp")], ["fp32", "e4m3-std"])
+    assert {s["model"] for s in specs} == {"digits_mlp"}
+    assert [r["config"] for r in skipped] == ["fp32", "e4m3-std"]
+    for r in skipped:
+        assert r["status"].startswith("skipped: install fp8onnx-no-such-package")
+    launcher = CountingLauncher()
+    cov.run_sweep([], skipped, tmp_path, launcher=launcher, log=lambda *a: None)
+    rows = cov.read_rows(tmp_path / "results.jsonl")
+    assert launcher.calls == [] and len(rows) == 2
+    md = report.render_markdown(report.summarize(rows))
+    assert "| needs_a_package | | | skipped: install fp8onnx-no-such-package" in md
+
+
+def test_timeout_is_a_failed_row():
+    spec = cov.plan_jobs([zoo.get("digits_mlp")], ["e4m3-std"])[0][0]
+    row = cov.launch(spec, timeout=0.05)
+    assert row["status"].startswith("failed: timeout") and row["config"] == "e4m3-std"
+
+
+def test_config_names_round_trip():
+    names = cov.config_names()
+    assert len(names) == 1 + 4 * 2 * 2 + 2 and names[0] == "fp32"
+    assert cov.config_spec("e3m4-ext-bn") == {"kind": "ours", "format": "e3m4", "scheme": "extended",
+                                              "bn_calib": True}
+    with pytest.raises(ValueError, match="unknown configuration"):
+        cov.config_spec("e4m3-wide")
+
+
+def test_cli_errors_and_report_only(tmp_path, sweep):
+    run = lambda *a: subprocess.run([sys.executable, str(TOOLS / "coverage.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    bad = run("--models", "no_such_model", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "unknown zoo entry" in bad.stderr
+    bad = run("--configs", "e4m3-wide", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "unknown configuration" in bad.stderr
+    ok = run("--report-only", "--out", str(sweep["out"]))
+    assert ok.returncode == 0, ok.stderr
+    assert (sweep["out"] / "coverage.md").read_text().startswith("# Coverage study")
+
+
+@pytest.mark.slow
+def test_quick_sweep_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, str(TOOLS / "coverage.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = cov.read_rows(tmp_path / "results.jsonl")
+    assert {(r["model"], r["config"]) for r in rows} == {
+        (m, c) for m in cov.QUICK_MODELS for c in cov.config_names()}
+    s = report.summarize(rows)
+    for st in report.SETTINGS:
+        for f in report.FORMATS:
+            recount = sum(1 for m in cov.QUICK_MODELS for r in rows
+                          if r["model"] == m and r["config"] == f"{f}-{st[0]}{st[1]}" and r["status"] == "ok"
+                          and r.get("relative_loss") is not None and r["relative_loss"] <= 0.01)
+            assert s["within"][st][f] == (recount, len(cov.QUICK_MODELS))
+    for name in ("fig4_loss_per_model.png", "fig5_loss_vs_size.png"):
+        assert _png_ok(tmp_path / name)
+    assert json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])["config"] == "fp32"

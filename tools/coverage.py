@@ -1,0 +1,316 @@
+"""The coverage study: the paper's headline table on the zoo, beside onnxruntime's quantizer.
+
+For every available zoo model: FP32; E5M2, E4M3, E3M4 and INT8 under the standard and
+extended schemes, with and without BatchNorm calibration (default range method, max);
+and the peer, onnxruntime's ``quantize_static`` to FP8 E4M3 (tools/peer_ort.py). Each
+job runs in a fresh process (tools/coverage_worker.py) so its peak RSS is its own;
+rows stream to ``<out>/results.jsonl`` as jobs finish; ``coverage.md`` and the PNG
+figures are written at the end (tools/coverage_report.py)::
+
+    python tools/coverage.py                      # everything, 2 local jobs at a time
+    python tools/coverage.py --quick --out /tmp/cov   # digits + ppocr_cls, few samples (CI)
+    python tools/coverage.py --models digits_cnn,minilm_l6 --resume
+    python tools/coverage.py --ray-address auto   # the same jobs on a Ray cluster
+    python tools/coverage.py --report-only        # rebuild coverage.md/PNGs from results.jsonl
+
+Our models are emitted as ``ai.fp8onnx`` custom ops (``emit="emulate"``) and run by
+``fp8onnx.runtime``: exact and fast on a CPU for every format, E3M4 included.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+# This file is called coverage.py: with tools/ first on sys.path, ``import coverage`` (which
+# Numba does) would find it instead of the coverage package, so tools/ leaves sys.path and
+# the sibling modules are loaded by file path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != TOOLS]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _sibling(name: str):
+    """Import tools/<name>.py under the name ``fp8onnx_tools_<name>``."""
+    import importlib.util
+
+    key = f"fp8onnx_tools_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, TOOLS / f"{name}.py")
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+__all__ = ["FORMATS", "SCHEMES", "QUICK_MODELS", "plan_jobs", "launch", "run_sweep", "read_rows",
+           "job_key", "main"]
+
+FORMATS = ("e5m2", "e4m3", "e3m4", "int8")
+SCHEMES = {"standard": "std", "extended": "ext"}
+PEERS = {"peer": "default", "peer-sym": "sym"}
+QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
+QUICK_SAMPLES = (16, 64)  # calibration, evaluation samples for --quick
+
+
+def config_names(with_peer: bool = True) -> List[str]:
+    """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), peers."""
+    names = ["fp32"]
+    for scheme in SCHEMES.values():
+        for bn in ("", "-bn"):
+            names += [f"{fmt}-{scheme}{bn}" for fmt in FORMATS]
+    return names + (list(PEERS) if with_peer else [])
+
+
+def config_spec(config: str) -> dict:
+    """The job fields that a configuration name stands for."""
+    if config == "fp32":
+        return {"kind": "fp32"}
+    if config in PEERS:
+        return {"kind": "peer", "peer_variant": PEERS[config]}
+    parts = config.split("-")
+    scheme = {v: k for k, v in SCHEMES.items()}.get(parts[1] if len(parts) > 1 else "")
+    if len(parts) not in (2, 3) or scheme is None or (len(parts) == 3 and parts[2] != "bn"):
+        raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or FORMAT-std|ext[-bn]")
+    return {"kind": "ours", "format": parts[0], "scheme": scheme, "bn_calib": len(parts) == 3}
+
+
+def job_key(row: dict) -> tuple:
+    return row["model"], row["config"]
+
+
+def read_rows(path: Path) -> List[dict]:
+    """Rows of a results.jsonl; a torn last line (a killed sweep) is ignored."""
+    rows = []
+    if not Path(path).exists():
+        return rows
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _per_model(text: Optional[str], default: Optional[int]):
+    """``"64"`` -> 64; ``"ppocr_cls=128,mobilenet_v2=60"`` -> a dict (others: ``default``)."""
+    if not text:
+        return default
+    if "=" not in text:
+        return int(text)
+    out = {}
+    for part in text.split(","):
+        name, _, n = part.partition("=")
+        if not n.strip().isdigit():
+            raise ValueError(f"--eval-samples {text!r}: write N or MODEL=N,MODEL=N")
+        out[name.strip()] = int(n)
+    out[None] = default
+    return out
+
+
+def plan_jobs(entries: Iterable, configs: List[str], *, calib_samples: Optional[int] = None,
+              eval_samples=None, mem_limit_gb: float = 8.0):
+    """(job specs, skip rows): one spec per available entry and config; a
+    ``"skipped: install X"`` row per unavailable entry (never silently missing)."""
+    from fp8onnx.zoo import ZooSkip
+
+    specs, skipped = [], []
+    for e in entries:
+        try:
+            e.check_available()
+        except ZooSkip as skip:
+            for c in configs:
+                skipped.append({"model": e.name, "config": c, "kind": config_spec(c)["kind"],
+                                "domain": e.domain, "family": e.family, "status": str(skip)})
+            continue
+        n_eval = eval_samples.get(e.name, eval_samples[None]) if isinstance(eval_samples, dict) else eval_samples
+        for c in configs:
+            spec = {"model": e.name, "config": c, "domain": e.domain, "family": e.family,
+                    "calib_samples": calib_samples, "eval_samples": n_eval,
+                    "mem_limit_gb": mem_limit_gb, **config_spec(c)}
+            specs.append(spec)
+    return specs, skipped
+
+
+def launch(spec: dict, timeout: float = 3600.0) -> dict:
+    """Run one job in a fresh Python process; always returns a row (failures included)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    base = {k: spec[k] for k in ("model", "config", "kind")}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, str(TOOLS / "coverage_worker.py"), json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": f"failed: timeout after {timeout:.0f} s", "job_s": time.perf_counter() - t0}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    reason = "killed (out of memory?)" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    return {**base, "status": f"failed: {reason}: {tail}", "job_s": time.perf_counter() - t0}
+
+
+def _ray_runner(address: str, timeout: float):
+    try:
+        import ray
+    except ImportError as e:
+        raise SystemExit("error: --ray-address needs Ray: install ray (pip install 'ray[default]')") from e
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(launch)
+
+    def run(specs, on_row):
+        pending = {remote.remote(s, timeout): s for s in specs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                spec = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a lost worker is one failed job
+                    row = {k: spec[k] for k in ("model", "config", "kind")}
+                    row["status"] = f"failed: ray: {type(e).__name__}: {e}"
+                on_row(spec, row)
+    return run
+
+
+def _local_runner(jobs: int, timeout: float, launcher: Callable):
+    def run(specs, on_row):
+        # Threads only wait on subprocesses: each job is its own process (own peak RSS).
+        with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(launcher, s, timeout): s for s in specs}
+            for fut in cf.as_completed(futures):
+                spec = futures[fut]
+                try:
+                    row = fut.result()
+                except Exception as e:  # noqa: BLE001
+                    row = {k: spec[k] for k in ("model", "config", "kind")}
+                    row["status"] = f"failed: launcher: {type(e).__name__}: {e}"
+                on_row(spec, row)
+    return run
+
+
+def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool = False,
+              jobs: int = 2, timeout: float = 3600.0, ray_address: Optional[str] = None,
+              launcher: Callable = launch, retry_failed: bool = False, log=print) -> List[dict]:
+    """Run the jobs not yet in ``out/results.jsonl`` (with ``resume``), FP32 first so every
+    quantized row carries its relative loss; returns the rows launched this time."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    old = read_rows(path) if resume else []
+    if not resume and path.exists():
+        path.unlink()
+    done = {job_key(r): r for r in old
+            if not (retry_failed and str(r.get("status", "")).startswith("failed"))}
+    lock = threading.Lock()
+    launched: List[dict] = []
+
+    def write(row):
+        with lock, open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    for row in skipped:
+        if job_key(row) not in done:
+            write(row)
+            done[job_key(row)] = row
+    todo = [s for s in specs if job_key(s) not in done]
+    log(f"coverage: {len(specs)} jobs, {len(specs) - len(todo)} already in {path}, {len(todo)} to run")
+    runner = _ray_runner(ray_address, timeout) if ray_address else _local_runner(jobs, timeout, launcher)
+    t_start = time.perf_counter()
+
+    def on_row(spec, row):
+        row.setdefault("domain", spec.get("domain"))
+        row.setdefault("family", spec.get("family"))
+        launched.append(row)
+        write(row)
+        loss = row.get("relative_loss")
+        log(f"[{len(launched)}/{len(todo)} {time.perf_counter() - t_start:6.0f}s] {row['model']:16s} "
+            f"{row['config']:12s} {row.get('status')}"
+            + (f"  metric {row['metric']:.4f}" if row.get("metric") is not None else "")
+            + (f"  loss {loss:+.4f}" if loss is not None else ""))
+
+    fp32_todo = [s for s in todo if s["kind"] == "fp32"]
+    runner(fp32_todo, on_row)
+    fp32 = {r["model"]: r.get("metric") for r in old + launched
+            if r.get("config") == "fp32" and r.get("status") == "ok"}
+    rest = []
+    for s in todo:
+        if s["kind"] != "fp32":
+            rest.append({**s, "fp32_metric": fp32.get(s["model"])})
+    runner(rest, on_row)
+    return launched
+
+
+def _parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python tools/coverage.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help="comma-separated zoo entries (default: all)")
+    ap.add_argument("--configs", default=None,
+                    help=f"comma-separated configurations (default: all): {', '.join(config_names())}")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{', '.join(QUICK_MODELS)} with {QUICK_SAMPLES[0]} calibration and "
+                         f"{QUICK_SAMPLES[1]} evaluation samples (CI)")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel local jobs (default 2)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "coverage"), help="output folder")
+    ap.add_argument("--resume", action="store_true", help="skip jobs already in results.jsonl")
+    ap.add_argument("--retry-failed", action="store_true", help="with --resume: rerun failed jobs")
+    ap.add_argument("--ray-address", default=None, help="run the jobs on this Ray cluster (e.g. auto)")
+    ap.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 32)")
+    ap.add_argument("--eval-samples", default=None,
+                    help="evaluation samples: N for every model, or MODEL=N,... (default: the entry's)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per job before it fails")
+    ap.add_argument("--mem-limit-gb", type=float, default=8.0, help="address-space cap per job (RLIMIT_AS)")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report from results.jsonl")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    out = Path(args.out)
+    coverage_report = _sibling("coverage_report")
+    from fp8onnx import zoo
+
+    if not args.report_only:
+        names = args.models.split(",") if args.models else (list(QUICK_MODELS) if args.quick else zoo.names())
+        try:
+            entries = [zoo.get(n.strip()) for n in names if n.strip()]
+            configs = args.configs.split(",") if args.configs else config_names()
+            for c in configs:
+                config_spec(c)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if "fp32" not in configs:
+            configs = ["fp32"] + configs  # relative losses need the FP32 metric
+        calib_n = args.calib_samples or (QUICK_SAMPLES[0] if args.quick else None)
+        try:
+            eval_n = _per_model(args.eval_samples, QUICK_SAMPLES[1] if args.quick else None)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        specs, skipped = plan_jobs(entries, configs, calib_samples=calib_n, eval_samples=eval_n,
+                                   mem_limit_gb=args.mem_limit_gb)
+        run_sweep(specs, skipped, out, resume=args.resume, jobs=args.jobs, timeout=args.timeout,
+                  ray_address=args.ray_address, retry_failed=args.retry_failed)
+    rows = read_rows(out / "results.jsonl")
+    if not rows:
+        print(f"error: no rows in {out / 'results.jsonl'}: run the sweep first", file=sys.stderr)
+        return 2
+    text = coverage_report.write_report(rows, out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

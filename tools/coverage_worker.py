@@ -1,0 +1,211 @@
+"""One coverage-study job, run in its own process: ``python tools/coverage_worker.py SPEC_JSON``.
+
+A job is one zoo model in one configuration: ``fp32`` (the reference), ``ours`` (fp8onnx
+with a format, scheme and optional BatchNorm calibration, emitted as ``ai.fp8onnx``
+custom ops and run by ``fp8onnx.runtime``) or ``peer`` (onnxruntime's quantize_static,
+see peer_ort.py). The job prints one JSON row as the last line of stdout:
+
+    {"model": "digits_cnn", "config": "e4m3-std", "status": "ok", "metric": 0.9933,
+     "relative_loss": 0.0022, "compile_s": 0.41, "compile_peak_rss_mb": 310.2, ...}
+
+Peak memory is ``getrusage(RUSAGE_SELF).ru_maxrss`` of this fresh process read right after
+the compile (so it is the compile's peak, imports, model and calibration data included);
+``base_rss_mb`` is the same figure just before the compile. ``RLIMIT_AS`` caps the process
+(``mem_limit_gb``) so a runaway job fails alone. Exceptions become ``"failed: ..."`` rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["run_job", "main"]
+
+_TOOLS = Path(__file__).resolve().parent
+# tools/coverage.py would shadow the coverage package (Numba imports it): keep tools/ off sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _TOOLS]
+
+#: Numba kernels are cached on disk, but the first call in a process still loads them;
+#: a tiny warm-up compile keeps that one-off cost out of the timed compile.
+_WARMED = False
+
+
+#: How allocation failures under RLIMIT_AS read when they come back from C++ code.
+_OOM_MARKERS = ("Failed to allocate memory", "bad_alloc", "Unable to allocate", "MemoryError")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _median_run_s(session, feed, repeat: int = 5) -> float:
+    session.run(None, feed)  # warm-up: allocations, lazy kernel loading
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _warm_up() -> float:
+    """Compile and run digits_mlp once (E4M3, emulate); returns the seconds it took."""
+    global _WARMED
+    if _WARMED:
+        return 0.0
+    from fp8onnx import zoo
+    from fp8onnx.api import compile_model
+    from fp8onnx.runtime import InferenceSession
+
+    t0 = time.perf_counter()
+    e = zoo.get("digits_mlp")
+    q = compile_model(e.load(), calibration=list(e.calib_feeds(8)), format="e4m3", emit="emulate").model
+    sess = InferenceSession(q.SerializeToString())
+    sess.run(None, next(iter(e.eval_feeds(1))))
+    _WARMED = True
+    return time.perf_counter() - t0
+
+
+def _load_peer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fp8onnx_tools_peer_ort", _TOOLS / "peer_ort.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _api_does_bn_calib() -> bool:
+    """Whether fp8onnx.compile_model runs BatchNormCalibration for ``bn_calib=True``.
+
+    The recipe field exists before the API wires the pass in; until then the job runs
+    the pass itself, the way tools/bench_bn_calib.py does.
+    """
+    import inspect
+
+    from fp8onnx import api
+
+    return "BatchNormCalibration" in inspect.getsource(api)
+
+
+def _compile_ours(entry, calib, spec):
+    """(quantized model, how BN calibration ran or None, BN-calibrated layers written)."""
+    from fp8onnx.api import compile_model, make_recipe, prepare
+
+    opts = dict(format=spec["format"], scheme=spec["scheme"], emit="emulate",
+                calib_method=spec.get("calib_method", "max"))
+    model = entry.load()
+    if not spec.get("bn_calib"):
+        return compile_model(model, calibration=calib, **opts).model, None, None
+    if not _api_does_bn_calib():
+        from fp8onnx.calibration import open_source
+        from fp8onnx.passes.bn_calibrate import BatchNormCalibration
+        from fp8onnx.planner import plan_quantization
+
+        work = prepare(model)
+        plan = plan_quantization(work, make_recipe(**opts))
+        bn = BatchNormCalibration(plan, open_source(calib, work), progress=False)
+        work = bn(work).model
+        written = sum(bool(c.get("written")) for c in bn.corrections)
+        return compile_model(work, calibration=calib, **opts).model, "pass", written
+    result = compile_model(model, calibration=calib, bn_calib=True, **opts)
+    info = result.report.get("bn_calibration") or {}
+    written = info.get("layers_written", info.get("corrected")) if isinstance(info, dict) else None
+    return result.model, "api", written
+
+
+def run_job(spec: dict) -> dict:
+    """Run one job in this process and return its row (raises on failure)."""
+    from fp8onnx import zoo
+    from fp8onnx.zoo.fp8eval import session_for
+
+    row = {"warmup_s": None}
+    entry = zoo.get(spec["model"])
+    entry.check_available()
+    kind = spec["kind"]
+    calib_n, eval_n = spec.get("calib_samples"), spec.get("eval_samples")
+    eval_n = eval_n or entry.default_eval_n
+    fp32 = entry.load()
+    row["fp32_size_bytes"] = fp32.ByteSize()
+    eval_feed = next(iter(entry.eval_feeds(1)))
+
+    if kind == "fp32":
+        data, factory = fp32.SerializeToString(), zoo.ort_session
+    else:
+        calib = list(entry.calib_feeds(calib_n or 32))
+        if kind == "ours":
+            row["warmup_s"] = _warm_up()
+        row["base_rss_mb"] = _rss_mb()
+        t0 = time.perf_counter()
+        if kind == "ours":
+            q, via, layers = _compile_ours(entry, calib, spec)
+            row["compile_s"] = time.perf_counter() - t0
+            row["compile_peak_rss_mb"] = _rss_mb()
+            data, factory = q.SerializeToString(), session_for(q)
+            if spec.get("bn_calib"):
+                row["bn_calib_via"], row["bn_calib_layers"] = via, layers
+        elif kind == "peer":
+            peer_ort = _load_peer()
+
+            data = peer_ort.quantize_peer(fp32, calib, variant=spec.get("peer_variant", "default"))
+            row["compile_s"] = time.perf_counter() - t0
+            row["compile_peak_rss_mb"] = _rss_mb()
+            factory = peer_ort.default_session
+            row["metric_safe"] = entry.evaluate(data, n=eval_n, session_factory=peer_ort.safe_session)
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
+    row["size_bytes"] = len(data)
+    t0 = time.perf_counter()
+    row["metric"] = entry.evaluate(data, n=eval_n, session_factory=factory)
+    row["eval_s"] = time.perf_counter() - t0
+    row["details"] = dict(entry.last_details)
+    row["run_s"] = _median_run_s(factory(data), eval_feed)
+    row["peak_rss_mb"] = _rss_mb()
+    row["eval_samples"], row["calib_samples"] = eval_n, (None if kind == "fp32" else calib_n or 32)
+    ref = spec.get("fp32_metric")
+    if ref:
+        row["relative_loss"] = zoo.relative_loss(ref, row["metric"])
+        if "metric_safe" in row:
+            row["relative_loss_safe"] = zoo.relative_loss(ref, row["metric_safe"])
+    return row
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    limit = spec.get("mem_limit_gb")
+    if limit:
+        nbytes = int(float(limit) * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    out = {"model": spec["model"], "config": spec["config"], "kind": spec["kind"]}
+    t0 = time.perf_counter()
+    try:
+        out.update(run_job(spec))
+        out["status"] = "ok"
+    except MemoryError:
+        out["status"] = f"failed: out of memory (RLIMIT_AS {limit} GB)"
+    except Exception as e:  # noqa: BLE001 - any failure becomes a row, the sweep goes on
+        from fp8onnx.zoo import ZooSkip
+
+        text = " ".join(str(e).split())
+        if isinstance(e, ZooSkip):
+            out["status"] = text
+        elif any(k in text for k in _OOM_MARKERS):
+            out["status"] = f"failed: out of memory (RLIMIT_AS {limit} GB): {type(e).__name__}: {text[-200:]}"
+        else:
+            out["status"] = f"failed: {type(e).__name__}: {text[:400]}"
+        out["traceback"] = traceback.format_exc()[-2000:]
+    out["job_s"] = time.perf_counter() - t0
+    sys.stdout.write("\n" + json.dumps(out, default=float) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
