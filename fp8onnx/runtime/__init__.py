@@ -14,9 +14,9 @@ from ._capi import ORT_API_VERSION, OrtError, OrtUnavailableError, OrtUserError
 from .ops import (DEQUANTIZE, DOMAIN, FAKE_QUANT, QUANTIZE, make_dequantize_node,
                   make_fake_quant_node, make_quantize_node, opset_import, register_onnx_schemas)
 from .fold import fold_constant_ops
-from .session import InferenceSession, ModelMetadata, NodeArg
+from .session import FP8_UNSAFE_OPTIMIZERS, InferenceSession, ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata", "OrtError", "OrtUserError",
            "OrtUnavailableError", "ORT_API_VERSION", "ops", "DOMAIN", "FAKE_QUANT", "DEQUANTIZE",
            "QUANTIZE", "make_fake_quant_node", "make_dequantize_node", "make_quantize_node",
-           "opset_import", "register_onnx_schemas", "fold_constant_ops"]
+           "opset_import", "register_onnx_schemas", "fold_constant_ops", "FP8_UNSAFE_OPTIMIZERS"]

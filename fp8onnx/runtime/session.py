@@ -31,7 +31,7 @@ import onnx
 from . import _capi
 from .fold import fold_constant_ops
 
-__all__ = ["InferenceSession", "NodeArg", "ModelMetadata"]
+__all__ = ["InferenceSession", "NodeArg", "ModelMetadata", "FP8_UNSAFE_OPTIMIZERS"]
 
 # ONNXTensorElementDataType <-> numpy / onnxruntime's type strings.
 _ELEMENT = {1: ("float", np.float32), 2: ("uint8", np.uint8), 3: ("int8", np.int8),
@@ -108,6 +108,12 @@ def _folded(model):
     return result if n else model
 
 
+#: onnxruntime rewrites that are only valid for integer Q/DQ and change FP8 results: e.g.
+#: ReluQuantRewrite drops a Relu in front of a QuantizeLinear whose zero point is 0 (right
+#: for uint8, wrong for FP8, which is signed; measured on onnxruntime 1.32, see tests).
+FP8_UNSAFE_OPTIMIZERS = ("ReluQuantRewrite", "ClipQuantRewrite", "WeightBiasQuantization")
+
+
 class InferenceSession:
     """Run an ONNX model with the fp8onnx custom ops registered (CPU).
 
@@ -119,14 +125,14 @@ class InferenceSession:
     fake-quantized weights) once, at creation, so ONNX Runtime sees constant weights
     and pre-packs them (see :mod:`fp8onnx.runtime.fold`); results are bit-identical.
     ``disabled_optimizers``: names of ONNX Runtime graph rewrites to skip, as in
-    onnxruntime (e.g. ``["ReluQuantRewrite"]``, which drops a Relu in front of an FP8
-    QuantizeLinear in onnxruntime 1.32 and changes the result).
+    onnxruntime; by default :data:`FP8_UNSAFE_OPTIMIZERS`, the rewrites that change the
+    result of FP8 Q/DQ graphs (pass ``()`` to keep every rewrite).
     Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
     when the model or the inputs are at fault), with ONNX Runtime's message.
     """
 
     def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
-                 *, fold_constants=True, disabled_optimizers=None, **kwargs):
+                 *, fold_constants=True, disabled_optimizers=FP8_UNSAFE_OPTIMIZERS, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         for p in providers or ():
