@@ -113,14 +113,14 @@ def _merge(base: dict, delta: dict) -> dict:
 
 class _Tuner:
     def __init__(self, model, calibration, eval_data, metric, target_loss, max_trials, base, compile_options,
-                 calib_samples, eval_samples, batch_size, cache, stages):
+                 calib_samples, eval_samples, batch_size, cache, stages, sensitivity):
         from . import modelio
 
         self.model = modelio.load_model(model)
         self.calibration, self.eval_data, self.metric = calibration, eval_data, metric
         self.target, self.max_trials, self.base = target_loss, max_trials, base
         self.options, self.calib_samples, self.eval_samples = compile_options, calib_samples, eval_samples
-        self.batch_size, self.cache, self.stages = batch_size, cache, stages
+        self.batch_size, self.cache, self.stages, self.sensitivity = batch_size, cache, stages, sensitivity
         self.history: List[Trial] = []
         self.best = None  # (loss, trial index, CompileResult): what is returned if no trial meets the target
         self.last = None  # the CompileResult of the last trial
@@ -192,7 +192,7 @@ class _Tuner:
                 t.kept = True
                 return t.delta, t
         # Stage 3: single nodes in float, most sensitive first, accumulating what helps.
-        for anchor in (_sensitive_anchors(res.plan, ev) if "node" in self.stages else ()):
+        for anchor in (_sensitive_anchors(res.plan, ev, self.sensitivity) if "node" in self.stages else ()):
             if not self.budget_left():
                 break
             from .evaluation import node_pattern
@@ -205,8 +205,13 @@ class _Tuner:
         return delta, None
 
 
-def _sensitive_anchors(plan, ev) -> List[str]:
-    """Quantized units' anchor nodes, worst local SQNR (activation) or weight SQNR first."""
+def _sensitive_anchors(plan, ev, by: str = "local") -> List[str]:
+    """Quantized units' anchor nodes, most sensitive first.
+
+    ``by="local"``: a unit's worst local SQNR (its activations' own Q/DQ error) or weight
+    SQNR; ``by="accumulated"``: the worst SQNR against the float model of any tensor it
+    reads (deep units first, as error accumulates).
+    """
     owner = {}
     for u in plan.units:
         if u.status != "float" and u.graph_path == "main":
@@ -214,7 +219,7 @@ def _sensitive_anchors(plan, ev) -> List[str]:
                 owner[n] = u.node
     score = {}
     for layer in ev.layers:
-        value = layer.local_sqnr_db if layer.kind == "activation" else layer.sqnr_db
+        value = layer.local_sqnr_db if layer.kind == "activation" and by == "local" else layer.sqnr_db
         if value is None:
             continue
         for c in layer.consumers:
@@ -225,7 +230,7 @@ def _sensitive_anchors(plan, ev) -> List[str]:
 
 def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=None, max_trials: int = 24,
          base_recipe=None, calib_samples: Optional[int] = None, eval_samples: Optional[int] = None,
-         batch_size: int = 1, stages=STAGES, **compile_options) -> TuneResult:
+         batch_size: int = 1, stages=STAGES, sensitivity: str = "local", **compile_options) -> TuneResult:
     """Find the recipe with the most FP8 whose relative loss is within ``target_loss``.
 
     ``metric``: as for :func:`fp8onnx.evaluate` (``metric(outputs, targets) -> float`` or
@@ -234,7 +239,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     evaluate accepts, read once per trial (a one-shot iterator is read into a list).
     ``base_recipe`` and ``compile_options`` are what every trial starts from.
     ``stages``: which of ``"format"``, ``"op_type"``, ``"node"`` to try (e.g. only
-    ``("node",)`` for hardware with one FP8 format).
+    ``("node",)`` for hardware with one FP8 format). ``sensitivity``: the node order,
+    ``"local"`` or ``"accumulated"`` SQNR (see :func:`_sensitive_anchors`).
     """
     from .api import make_recipe
 
@@ -244,6 +250,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     bad = [x for x in stages if x not in STAGES]
     if bad or not stages:
         raise UserError(f"tuning stages {list(stages)}: choose from {', '.join(STAGES)}")
+    if sensitivity not in ("local", "accumulated"):
+        raise UserError(f"sensitivity {sensitivity!r}: choose 'local' or 'accumulated'")
     if int(max_trials) < 1:
         raise UserError(f"max_trials {max_trials}: give at least 1")
     base = make_recipe(base_recipe, **{k: compile_options.pop(k) for k in list(compile_options)
@@ -257,7 +265,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     tmp = tempfile.mkdtemp(prefix="fp8onnx_tune_")
     try:
         tuner = _Tuner(model, calibration, eval_data, metric, float(target_loss), int(max_trials), base,
-                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"), tuple(stages))
+                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"), tuple(stages),
+                       sensitivity)
         delta, chosen = tuner.tune()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                    help="search stages to run, in order: other formats per op type, op types in float, "
                         "single nodes in float (default: all)")
+    p.add_argument("--sensitivity", choices=["local", "accumulated"], default="local",
+                   help="node order of the last stage: worst local SQNR (own Q/DQ error) or worst SQNR "
+                        "against the float model first (default local)")
     p.add_argument("--report", help="write the trial log and the chosen recipe here (JSON)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and log every trial")
     return p
@@ -343,7 +355,7 @@ def _run(args) -> int:
             raise UserError("--report and -o must be different files")
     result = tune(args.input, args.calib, args.data, target_loss=args.target_loss, max_trials=args.max_trials,
                   base_recipe=args.recipe, calib_samples=args.samples, eval_samples=args.eval_samples,
-                  batch_size=args.batch_size, stages=args.stages, format=args.format, scheme=args.scheme)
+                  batch_size=args.batch_size, stages=args.stages, sensitivity=args.sensitivity, format=args.format, scheme=args.scheme)
     modelio.save_model(result.model, args.output, input_path=args.input)
     if args.report:
         from .evaluation.result import _atomic_text

@@ -97,19 +97,21 @@ def test_tune_cli_report_and_errors(tmp_path, capsys):
         assert not os.path.exists(bad)
 
 
-def test_node_stage_goes_by_sensitivity_and_keeps_only_what_helps():
+@pytest.mark.parametrize("sensitivity", ["local", "accumulated"])
+def test_node_stage_goes_by_sensitivity_and_keeps_only_what_helps(sensitivity):
     from fp8onnx.api import compile_model
     from fp8onnx.evaluation import evaluate
 
     r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY, base_recipe={"format": "e5m2"},
-             batch_size=50, max_trials=5, stages=("node",))
+             batch_size=50, max_trials=5, stages=("node",), sensitivity=sensitivity)
     assert [t.stage for t in r.history] == ["base"] + ["node float"] * (len(r.history) - 1)
-    # Independent order: the base model's per-layer figures, each unit's worst local SQNR.
+    # Independent order: the base model's per-layer figures, each unit's worst local SQNR
+    # (activations' own Q/DQ error, weights' SQNR) or worst SQNR against the float model.
     base = compile_model(CNN, calibration=CALIB, format="e5m2")
     ev = evaluate(CNN, base.model, TEST_NPZ, batch_size=50)
     worst = {}
     for x in ev.layers:
-        sq = x.local_sqnr_db if x.kind == "activation" else x.sqnr_db
+        sq = x.local_sqnr_db if x.kind == "activation" and sensitivity == "local" else x.sqnr_db
         for c in x.consumers:
             worst[c] = min(worst.get(c, np.inf), sq)
     expected = sorted(worst, key=lambda n: (worst[n], n))

@@ -15,7 +15,7 @@ metric (character accuracy against the rendered text), base format E5M2, printin
 trial log. Usage::
 
     python tools/bench_evaluate.py [--reps 5] [--skip-bench] [--tune] [--tune-target 0.002]
-        [--tune-trials 10] [--tune-stages format op_type node]
+        [--tune-trials 10] [--tune-stages format op_type node] [--tune-sensitivity local]
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def bench(name, model, q, feeds, reps):
         print(f"  {k:10s} {med:8.3f} s   x{med / base:5.2f}")
 
 
-def tune_rec(target, trials, stages, n=24):
+def tune_rec(target, trials, stages, sensitivity, n=24):
     from fp8onnx import zoo
     from fp8onnx.tune import tune
     from fp8onnx.zoo.ocr import char_accuracy
@@ -90,8 +90,8 @@ def tune_rec(target, trials, stages, n=24):
     data = [dict(f, text=np.array(t)) for f, t in zip(e.eval_feeds(n), e.eval_texts(n))]
     metric = PerSample(lambda o, t: char_accuracy(decode(o[out]).strip(), str(t["text"])))
     r = tune(model, list(e.calib_feeds(16)), data, target_loss=target, metric=metric, max_trials=trials,
-             base_recipe={"format": "e5m2"}, stages=stages)
-    print(f"\ntuning ppocr_rec (character accuracy on {n} lines, base e5m2, target {target}, stages {stages}):")
+             base_recipe={"format": "e5m2"}, stages=stages, sensitivity=sensitivity)
+    print(f"\ntuning ppocr_rec (character accuracy on {n} lines, base e5m2, target {target}, stages {stages}, sensitivity {sensitivity}):")
     print(r.summary_text())
 
 
@@ -102,13 +102,14 @@ def main():
     p.add_argument("--tune-target", type=float, default=0.002)
     p.add_argument("--tune-trials", type=int, default=10)
     p.add_argument("--tune-stages", nargs="+", default=["format", "op_type", "node"])
+    p.add_argument("--tune-sensitivity", default="local", choices=["local", "accumulated"])
     p.add_argument("--skip-bench", action="store_true")
     args = p.parse_args()
     if not args.skip_bench:
         for make in (digits, ppocr_rec):
             bench(*make(), args.reps)
     if args.tune:
-        tune_rec(args.tune_target, args.tune_trials, tuple(args.tune_stages))
+        tune_rec(args.tune_target, args.tune_trials, tuple(args.tune_stages), args.tune_sensitivity)
 
 
 if __name__ == "__main__":
