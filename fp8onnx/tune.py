@@ -265,8 +265,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     tmp = tempfile.mkdtemp(prefix="fp8onnx_tune_")
     try:
         tuner = _Tuner(model, calibration, eval_data, metric, float(target_loss), int(max_trials), base,
-                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"), tuple(stages),
-                       sensitivity)
+                       compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"),
+                       tuple(stages), sensitivity)
         delta, chosen = tuner.tune()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
