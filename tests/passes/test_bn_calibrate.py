@@ -82,7 +82,8 @@ def calib_x():
         return z["input"]
 
 
-@pytest.mark.parametrize("fmt,kw", [("e4m3", {}), ("e5m2", {"sequential": False, "iterations": 3})])
+@pytest.mark.parametrize("fmt,kw", [("e4m3", {"bn_mode": "reestimate"}),
+                                    ("e5m2", {"bn_mode": "reestimate", "sequential": False, "iterations": 3})])
 def test_bn_statistics_are_the_moments_of_the_bn_input_under_fp8_weights(fmt, kw):
     work, p, res = calibrate("models/digits_cnn.onnx", fmt, **kw)
     assert res.modified and [c["kind"] for c in p.corrections] == ["bn-stats"] * 3
@@ -103,6 +104,24 @@ def test_bn_statistics_are_the_moments_of_the_bn_input_under_fp8_weights(fmt, kw
         if not any(name in (bn.input[3], bn.input[4]) for bn in bns):
             np.testing.assert_array_equal(inits[name], arr, err_msg=name)
     assert [n.SerializeToString() for n in work.graph.node] == [n.SerializeToString() for n in orig.graph.node]
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_bn_match_mode_keeps_the_float_bn_output_moments(fmt):
+    orig = prepare(onnx.load("models/digits_cnn.onnx"))
+    work, p, res = calibrate("models/digits_cnn.onnx", fmt)  # default: bn_mode="match"
+    assert res.modified and [c["kind"] for c in p.corrections] == ["bn-stats"] * 3
+    outs = [n.output[0] for n in orig.graph.node if n.op_type == "BatchNormalization"]
+    x = calib_x()
+    yf = fetch(orig, outs, x)
+    y0 = fetch(with_weights(orig, {k: fq_ref(w, fmt) for k, w in conv_weights(orig).items()}), outs, x)
+    yq = fetch(with_weights(work, {k: fq_ref(w, fmt) for k, w in conv_weights(work).items()}), outs, x)
+    for name, c in zip(outs, p.corrections):
+        (mf, vf), (mq, vq), (m0, v0) = moments(yf[name]), moments(yq[name]), moments(y0[name])
+        sf = np.sqrt(vf)
+        assert np.max(np.abs(mq - mf) / sf) < 1e-4 and np.max(np.abs(np.sqrt(vq) / sf - 1)) < 1e-4, name
+        assert np.max(np.abs(m0 - mf) / sf) > 1e-2  # without the pass they differ
+        assert c["mse_after"] < c["mse_before"]
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
@@ -180,7 +199,8 @@ def test_correction_holds_in_the_fp8_model_insert_qdq_builds_with_the_same_plan(
 
 def test_modified_is_measured_and_a_second_run_changes_nothing():
     for path, kw in (("models/digits_cnn_bnfold.onnx", {}), ("models/digits_cnn.onnx", {}),
-                     ("models/digits_cnn.onnx", {"sequential": False, "iterations": 3})):
+                     ("models/digits_cnn.onnx", {"bn_mode": "reestimate"}),
+                     ("models/digits_cnn.onnx", {"bn_mode": "reestimate", "sequential": False, "iterations": 3})):
         work, p, res = calibrate(path, "e4m3", **kw)
         assert res.modified
         before = work.SerializeToString()
