@@ -241,10 +241,39 @@ def part2(repeats, name, build, x):
         print(f"{label:74s} {t * 1e3:8.2f} {t / base:8.2f}x")
 
 
+def profile_cnn(runs=30):
+    """Per-op kernel times (onnxruntime's profiler) of the float and emulated CNN."""
+    import collections
+    import json
+    import tempfile
+
+    x = np.random.default_rng(2).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    print(f"\nCNN per-op kernel time in ms, mean over {runs} runs (onnxruntime profiler), one thread")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("float", "fakequant"):
+            so = options()
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, kind)
+            sess = InferenceSession(cnn(kind, 8), so)
+            for _ in range(runs):
+                sess.run(None, {"x": x})
+            per_op = collections.defaultdict(list)
+            with open(sess.end_profiling()) as f:
+                for e in json.load(f):
+                    if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                        per_op[e["args"]["op_name"]].append(e["dur"])
+            # Each op type's nodes summed, per run.
+            totals = {op: float(np.sum(v)) / runs for op, v in per_op.items()}
+            print(f"  {kind:10s} total {sum(totals.values()) / 1e3:6.2f} ms: " + ", ".join(
+                f"{op} {t / 1e3:.2f}" for op, t in sorted(totals.items(), key=lambda kv: -kv[1])))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--elements", type=int, default=16 * 2**20)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print the CNN's per-op time from onnxruntime's profiler")
     args = ap.parse_args(argv)
     if args.elements % (256 * 1024):
         ap.error("--elements must be a multiple of 262144 (256 channels x 1024)")
@@ -255,6 +284,8 @@ def main(argv=None):
           lambda kind: cnn(kind, 8), rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
     part2(args.repeats, "MLP, 4 x (MatMul 512->2048, Relu, MatMul 2048->512), input 256x512",
           mlp, rng.standard_normal((256, 512)).astype(np.float32))
+    if args.profile:
+        profile_cnn()
 
 
 if __name__ == "__main__":
