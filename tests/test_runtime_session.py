@@ -1,5 +1,6 @@
 """fp8onnx.runtime.InferenceSession: errors, threads, lifetime, and parity with onnxruntime's API."""
 import gc
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,7 +89,9 @@ def test_errors_do_not_crash_the_process():
                 pass
         print("alive", float(s.run(None, {"x": X, "scale": np.float32(1)})[0].sum()))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("alive")
 
