@@ -117,7 +117,7 @@ def test_bn_match_mode_keeps_the_float_bn_output_moments(fmt):
     y0 = fetch(with_weights(orig, {k: fq_ref(w, fmt) for k, w in conv_weights(orig).items()}), outs, x)
     yq = fetch(with_weights(work, {k: fq_ref(w, fmt) for k, w in conv_weights(work).items()}), outs, x)
     for name, c in zip(outs, p.corrections):
-        (mf, vf), (mq, vq), (m0, v0) = moments(yf[name]), moments(yq[name]), moments(y0[name])
+        (mf, vf), (mq, vq), (m0, _) = moments(yf[name]), moments(yq[name]), moments(y0[name])
         sf = np.sqrt(vf)
         assert np.max(np.abs(mq - mf) / sf) < 1e-4 and np.max(np.abs(np.sqrt(vq) / sf - 1)) < 1e-4, name
         assert np.max(np.abs(m0 - mf) / sf) > 1e-2  # without the pass they differ
