@@ -199,6 +199,9 @@ def test_cli_errors_and_report_only(tmp_path, sweep):
     assert bad.returncode == 2 and "unknown zoo entry" in bad.stderr
     bad = run("--configs", "e4m3-wide", "--out", str(tmp_path))
     assert bad.returncode == 2 and "unknown configuration" in bad.stderr
+    if importlib.util.find_spec("ray") is None:
+        bad = run("--ray-address", "auto", "--models", "digits_mlp", "--out", str(tmp_path))
+        assert bad.returncode == 2 and "install ray" in bad.stderr
     ok = run("--report-only", "--out", str(sweep["out"]))
     assert ok.returncode == 0, ok.stderr
     assert (sweep["out"] / "coverage.md").read_text().startswith("# Coverage study")

@@ -164,10 +164,8 @@ def launch(spec: dict, timeout: float = 3600.0) -> dict:
 
 
 def _ray_runner(address: str, timeout: float):
-    try:
-        import ray
-    except ImportError as e:
-        raise SystemExit("error: --ray-address needs Ray: install ray (pip install 'ray[default]')") from e
+    import ray
+
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(num_cpus=1)(launch)
 
@@ -200,6 +198,15 @@ def _local_runner(jobs: int, timeout: float, launcher: Callable):
                     row["status"] = f"failed: launcher: {type(e).__name__}: {e}"
                 on_row(spec, row)
     return run
+
+
+def _priority(spec: dict) -> int:
+    """Run order: standard scheme and the peer for every model first, then extended, then
+    BatchNorm calibration, so a sweep cut short still covers every model (stable sort)."""
+    if spec["kind"] != "ours":
+        return 0
+    return {("standard", False): 0, ("extended", False): 1, ("standard", True): 2,
+            ("extended", True): 3}[(spec["scheme"], bool(spec.get("bn_calib")))]
 
 
 def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool = False,
@@ -245,11 +252,8 @@ def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool
     runner(fp32_todo, on_row)
     fp32 = {r["model"]: r.get("metric") for r in old + launched
             if r.get("config") == "fp32" and r.get("status") == "ok"}
-    rest = []
-    for s in todo:
-        if s["kind"] != "fp32":
-            rest.append({**s, "fp32_metric": fp32.get(s["model"])})
-    runner(rest, on_row)
+    rest = [{**s, "fp32_metric": fp32.get(s["model"])} for s in todo if s["kind"] != "fp32"]
+    runner(sorted(rest, key=_priority), on_row)
     return launched
 
 
@@ -281,6 +285,13 @@ def main(argv=None) -> int:
     coverage_report = _sibling("coverage_report")
     from fp8onnx import zoo
 
+    if args.ray_address and not args.report_only:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("error: --ray-address needs Ray, which is not installed: install ray (pip install ray)",
+                  file=sys.stderr)
+            return 2
     if not args.report_only:
         names = args.models.split(",") if args.models else (list(QUICK_MODELS) if args.quick else zoo.names())
         try:

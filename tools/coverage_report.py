@@ -187,6 +187,30 @@ def _cost_table(s: dict) -> List[str]:
     return lines
 
 
+def _notes(s: dict) -> List[str]:
+    rows = [r for r in s["rows"].values() if r.get("status") == "ok"]
+    calib = sorted({r.get("calib_samples") for r in rows if r.get("calib_samples")})
+    via = sorted({r.get("bn_calib_via") for r in rows if r.get("bn_calib_via")})
+    return [
+        "How each configuration ran:\n",
+        "- **ours**: `fp8onnx.compile_model(format=F, scheme=S, calib_method=\"max\", emit=\"emulate\"`"
+        "[, BatchNorm calibration]`)`: weights per channel, activations per tensor, every format emitted as "
+        "`ai.fp8onnx` custom ops and run by `fp8onnx.runtime.InferenceSession` (exact FP8 rounding on the CPU, "
+        "E3M4 included; no onnxruntime Q/DQ rewrites involved)."
+        + (f" BatchNorm calibration ran via: {', '.join(via)} (`pass` = BatchNormCalibration applied before "
+           "`compile_model`, the API not wiring `bn_calib` yet)." if via else ""),
+        "- **peer**: onnxruntime `quantize_static` with `QuantType.QFLOAT8E4M3FN` weights and activations, "
+        "QDQ, `CalibrationMethod.Distribution`; `peer` = no extra options (the documented call), `peer-sym` = "
+        "`extra_options={\"ActivationSymmetric\": True}`. Each is scored in a default onnxruntime session "
+        "and in one with `ReluQuantRewrite`, `WeightBiasQuantization`, `ClipQuantRewrite` disabled.",
+        f"- calibration samples: {', '.join(map(str, calib)) or '—'} per model (the entry's calibration split); "
+        "evaluation on the entry's held-out split, `n` in the per-model table. For agreement metrics one "
+        "flipped sample of `n` is a loss of `1/n`, so models with `n < 100` cannot show a loss between 0 and 1/n.",
+        "- each job runs in its own process, capped by `RLIMIT_AS`; a crash, timeout or out-of-memory is a "
+        "failed row, counted as not within 1%.\n",
+    ]
+
+
 def render_markdown(s: dict) -> str:
     n = len(s["models"])
     w = s["within"]
@@ -195,6 +219,7 @@ def render_markdown(s: dict) -> str:
     L.append(f"{n} models evaluated" + (f", {len(s['skipped'])} skipped" if s["skipped"] else "")
              + ". A model counts as *within 1%* when its task metric's relative loss against FP32, "
                "`(m_fp32 - m_q) / m_fp32`, is at most 1% (the paper's criterion); a failed job counts as not within.\n")
+    L += _notes(s)
     L.append("## Headline: models within 1% relative loss\n")
     L.append("| setting | E5M2 | E4M3 | E3M4 | best FP8 | INT8 |")
     L.append("|---|---|---|---|---|---|")
@@ -234,8 +259,9 @@ def render_markdown(s: dict) -> str:
             L.append(f"- {dom}: lowest mean loss {lo.upper()} ({_pct(fp8_means[lo])}); "
                      f"{', '.join(f'{f.upper()} {_pct(v)}' for f, v in fp8_means.items())}.")
     L.append("")
-    L.append("## Per model: relative loss (lower is better; negative = better than FP32)\n")
-    L.append("| model | domain/family | FP32 metric | setting | E5M2 | E4M3 | E3M4 | INT8 | best FP8 |")
+    L.append("## Per model: relative loss (lower is better; negative = better than FP32; bold = within 1%; "
+             "— = not run)\n")
+    L.append("| model | domain/family | FP32 metric (eval n) | setting | E5M2 | E4M3 | E3M4 | INT8 | best FP8 |")
     L.append("|---|---|---|---|---|---|---|---|---|")
     for m in s["models"]:
         f32 = s["rows"][(m, "fp32")]
@@ -243,10 +269,16 @@ def render_markdown(s: dict) -> str:
             sch, bn = st
             vals = [s["loss"].get((m, f"{f}-{sch}{bn}")) for f in FORMATS]
             bf_, bv = s["best"][st][m]
-            head = (f"| {m} | {f32.get('domain')}/{f32.get('family')} | {f32['metric']:.4f} " if i == 0
+            head = (f"| {m} | {f32.get('domain')}/{f32.get('family')} | {f32['metric']:.4f} "
+                    f"({f32.get('eval_samples')}) " if i == 0
                     else "| | | ")
-            L.append(head + f"| {SETTING_NAMES[st]} | " + " | ".join(
-                ("**" + _pct(v) + "**") if _within(v) else _pct(v) for v in vals)
+            cells = []
+            for f, v in zip(FORMATS, vals):
+                if (m, f"{f}-{sch}{bn}") not in s["rows"]:
+                    cells.append("—")  # not run (yet)
+                else:
+                    cells.append(("**" + _pct(v) + "**") if _within(v) else _pct(v))
+            L.append(head + f"| {SETTING_NAMES[st]} | " + " | ".join(cells)
                 + f" | {bf_.upper() if bf_ else '—'} |")
     for m, why in s["skipped"].items():
         L.append(f"| {m} | | | {why} | | | | | |")
@@ -257,7 +289,9 @@ def render_markdown(s: dict) -> str:
         cells = []
         for cfg in ("peer", "peer-sym"):
             r = s["rows"].get((m, cfg))
-            if r is not None and r.get("status") != "ok":
+            if r is None:
+                cells.append("—")
+            elif r.get("status") != "ok":
                 cells.append(str(r.get("status"))[:120])
             else:
                 cells.append(f"{_pct(s['loss'].get((m, cfg)))} / {_pct(s['loss_safe'].get((m, cfg)))}")
