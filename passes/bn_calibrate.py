@@ -230,6 +230,10 @@ class BatchNormCalibration(Pass):
                     qstats = self._run(src, measure, targets, None, only=[t], tag=f"layer {t.node.name}")[1]
                 moved_any |= self._update(t, fstats[t.out], qstats[t.out])
         else:
+            if len(targets) > self.iterations:
+                log.warning("bn calibration: %d layers but %d joint passes: deep layers will compensate "
+                            "upstream errors already fixed (can be worse than no calibration); "
+                            "use sequential=True", len(targets), self.iterations)
             for it in range(self.iterations):
                 if it:
                     qstats = self._run(src, measure, targets, None, tag=f"iteration {it + 1}")[1]
