@@ -78,11 +78,10 @@ def attention_block(seed=0, d=16, opset=17):
     return model(nodes, [vi("x", ["N", "T", d])], [vi("y", ["N", "T", d])], inits, opset=opset)
 
 
-#: onnxruntime graph rewrites that are wrong for FP8 Q/DQ (seen with 1.32): ReluQuantRewrite
-#: drops a Relu in front of a QuantizeLinear, valid only for unsigned types;
-#: WeightBiasQuantization turns float biases into int32 with scale s_x * s_w, which
-#: overflows for E5M2's tiny max-scaled scales; ClipQuantRewrite fails on FP8 zero points.
-ORT_FP8_UNSAFE = ["ReluQuantRewrite", "WeightBiasQuantization", "ClipQuantRewrite"]
+#: onnxruntime graph rewrites that are wrong for FP8 Q/DQ (the runtime documents why).
+from fp8onnx.runtime import FP8_UNSAFE_OPTIMIZERS as _UNSAFE  # noqa: E402
+
+ORT_FP8_UNSAFE = list(_UNSAFE)
 
 
 def ort_run(model, feeds, output=0):

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..errors import Fp8OnnxError
+from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
@@ -68,13 +69,8 @@ def model_bytes(model: ModelLike) -> bytes:
     return Path(model).read_bytes()
 
 
-#: onnxruntime graph rewrites that are wrong for FP8 QuantizeLinear/DequantizeLinear
-#: (seen with 1.32): ReluQuantRewrite drops a Relu in front of a QuantizeLinear (valid
-#: only for unsigned types; measured on digits_cnn compiled to E4M3: accuracy 0.333
-#: with it, 0.991 without); WeightBiasQuantization turns float biases into int32 with
-#: scale s_x * s_w, which overflows for E5M2's tiny scales; ClipQuantRewrite fails on
-#: FP8 zero points.
-ORT_FP8_UNSAFE = ("ReluQuantRewrite", "WeightBiasQuantization", "ClipQuantRewrite")
+#: onnxruntime graph rewrites that are wrong for FP8 Q/DQ: the runtime's one list.
+ORT_FP8_UNSAFE = FP8_UNSAFE_OPTIMIZERS
 
 
 def ort_session(model: bytes):
