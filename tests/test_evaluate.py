@@ -253,3 +253,16 @@ def test_public_api_and_callable_module():
     assert callable(ev) and callable(tn)  # `fp8onnx.evaluate(...)` works even after `import fp8onnx.evaluate`
     r = ev(CNN, CNN, TEST_NPZ, samples=10, per_layer=False)
     assert isinstance(r, evaluation.EvalResult) and r.samples == 10
+
+
+def test_top1_only_for_outputs_made_by_a_scoring_op():
+    from fp8onnx.evaluation.core import score_outputs
+
+    clf = B.conv_relu_gemm()                      # logits from Gemm: class scores
+    emb = B.attention_block()                     # LayerNorm output [N, T, d]: not scores
+    concat = B.model([onnx.helper.make_node("Concat", ["a", "b"], ["y"], axis=-1)],
+                     [B.vi("a", ["N", 4]), B.vi("b", ["N", 4])], [B.vi("y", ["N", 8])])
+    assert score_outputs(clf) == {"logits"} and score_outputs(emb) == set() and score_outputs(concat) == set()
+    x = B.rng(0).normal(size=(6, 5, 16)).astype(np.float32)
+    r = evaluate(emb, emb, [{"x": x}])
+    assert r.outputs[0].top1_agreement is None and r.fidelity == r.outputs[0].cosine == pytest.approx(1.0)

@@ -30,7 +30,7 @@ from .data import check_formats, check_same_inputs, eval_batches, model_inputs, 
 from .result import EvalResult, LayerFigures, OutputFidelity
 from .stats import HIST_LO, HIST_PER_OCTAVE, ErrorStats, Log2Histogram, sqnr_db
 
-__all__ = ["evaluate", "PerSample", "tensor_map", "weight_figures"]
+__all__ = ["evaluate", "PerSample", "tensor_map", "weight_figures", "score_outputs", "node_pattern"]
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,33 @@ class _ActivationAcc:
         L.hist = self.hist
 
 
+#: Ops whose output can be class scores, and ops that only reshape on the way to the output.
+_SCORE_OPS = {"Softmax", "LogSoftmax", "Sigmoid", "Gemm", "MatMul", "Conv"}
+_PASS_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Add", "Cast"}
+
+
+def score_outputs(model: onnx.ModelProto) -> set:
+    """Outputs that may hold class scores: made by Softmax/LogSoftmax/Sigmoid or a
+    Gemm/MatMul/Conv layer, through only reshaping ops or a bias Add. Outputs made by
+    Concat (detection heads), normalisation or pooling (embeddings) are not scores."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for o in model.graph.output:
+        name, steps = o.name, 0
+        while name in producer and steps < 8:
+            node = producer[name]
+            if node.op_type in _SCORE_OPS:
+                out.add(o.name)
+                break
+            if node.op_type not in _PASS_OPS:
+                break
+            name, steps = node.input[0], steps + 1
+    return out
+
+
 class _OutputAcc:
-    def __init__(self, name):
-        self.name, self.err = name, ErrorStats()
+    def __init__(self, name, scores: bool = True):
+        self.name, self.err, self.scores = name, ErrorStats(), scores
         self.top1 = self.top1_n = self.equal = self.equal_n = 0
         self.is_float = None
 
@@ -224,7 +248,7 @@ class _OutputAcc:
             self.equal_n += ref.size
             return
         self.err.update(ref, q)
-        if ref.ndim in (2, 3) and ref.shape[-1] > 1:
+        if self.scores and ref.ndim in (2, 3) and ref.shape[-1] > 1:
             a, b = ref.argmax(-1), q.argmax(-1)
             self.top1 += int(np.count_nonzero(a == b))
             self.top1_n += a.size
@@ -298,7 +322,8 @@ def evaluate(float_model, fp8_model, data, *, samples: Optional[int] = None, met
     q_fetch = list(dict.fromkeys(f_fetch + [a.layer.name for a in acts]))
     f_sess = factory(_with_outputs(fm, f_fetch) if acts else fm)
     q_sess = factory(_with_outputs(qm, q_fetch) if acts else qm)
-    outs = [_OutputAcc(n) for n in out_names]
+    scores = score_outputs(fm)
+    outs = [_OutputAcc(n, n in scores) for n in out_names]
     metrics = None  # [FP32, FP8], fresh accumulators: the caller's object is not mutated
     if metric is not None:
         if not callable(metric) and not isinstance(metric, PerSample):

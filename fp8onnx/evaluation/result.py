@@ -20,10 +20,13 @@ from .stats import Log2Histogram
 
 __all__ = ["OutputFidelity", "LayerFigures", "EvalResult", "TOP1_RULE"]
 
-#: Which outputs get top-1 agreement: rank-4+ float outputs are maps (detection
-#: heat maps, images) whose last axis is a width, not a class axis.
-TOP1_RULE = ("float output of rank 2 or 3 with last dim > 1 (class scores [N, C] or sequence "
-             "scores [N, T, C]): argmax over the last axis, agreement over all positions")
+#: Which outputs get top-1 agreement. Shape alone misleads: rank-4 outputs are maps
+#: whose last axis is a width, a YOLO head [1, 84, 8400] ends in anchors and a sentence
+#: embedding [N, 384] has no classes (measured: "agreement" 0.36 and 0.75 at cosine
+#: 0.998 and 0.992), so the producer must be a scoring op too.
+TOP1_RULE = ("float output of rank 2 or 3 with last dim > 1, made by Softmax/LogSoftmax/Sigmoid or "
+             "a Gemm/MatMul/Conv layer through only reshapes or a bias Add (class scores [N, C], "
+             "sequence scores [N, T, C]): argmax over the last axis, agreement over all positions")
 
 
 def _num_out(v):
