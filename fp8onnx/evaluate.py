@@ -18,8 +18,10 @@ Command line::
 What is measured (all streamed over the samples, in bounded memory):
 
 * per model output: cosine similarity and SQNR (dB) over all elements of all samples,
-  max abs error, and top-1 agreement for float outputs of rank 2 or 3 whose last dim
-  is > 1 (class scores; rank-4 outputs are maps, not scores);
+  max abs error, and top-1 agreement for class scores: float outputs of rank 2 or 3
+  whose last dim is > 1 and that a Softmax/LogSoftmax/Sigmoid or a Gemm/MatMul/Conv
+  layer makes (through reshapes or a bias Add), so detection heads (Concat) and
+  embeddings get no meaningless "agreement" (see ``EvalResult.top1_rule``);
 * the task metric, if given, on both models, and the relative loss
   ``(m_fp32 - m_fp8) / |m_fp32|`` (higher is better). Two forms:
   ``metric(outputs, targets) -> float`` gets the lists (one item per feed) of output
