@@ -19,7 +19,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Replace the script's own folder on sys.path by the repository root: tools/ holds a
+# coverage.py that would shadow the coverage package, which numba imports.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 from fp8onnx import formats, kernels  # noqa: E402
 from fp8onnx.kernels import _cast  # noqa: E402
