@@ -310,11 +310,14 @@ def test_accuracy_with_bn_calibration_does_not_regress(zoo_entry, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ppocr_cls", "ppocr_rec"])
-def test_ppocr_layers_match_float_and_the_metric_holds(zoo_entry, name):
+@pytest.mark.parametrize("name,n_calib,slack", [
+    ("ppocr_cls", 16, 2 / 32),  # two labels of 32; measured (32 lines): 0.94 -> 0.97 E4M3
+    ("ppocr_rec", 8, 0.03),     # measured (16 lines): char accuracy 0.9925 -> 0.981 E4M3
+])
+def test_ppocr_layers_match_float_and_the_metric_holds(zoo_entry, name, n_calib, slack):
     """PP-OCR cls keeps 35 BN nodes, rec folds most of them: both kinds on real models."""
     e = zoo_entry(name)
-    calib = list(e.calib_feeds(16))
+    calib = list(e.calib_feeds(n_calib))
     work = prepare(e.load())
     n_bn = sum(n.op_type == "BatchNormalization" for n in work.graph.node)
     p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e4m3")), calib,
@@ -329,4 +332,4 @@ def test_ppocr_layers_match_float_and_the_metric_holds(zoo_entry, name):
     with_bn = compile_model(work, calibration=calib, format="e4m3").model
     loss_plain = zoo.relative_loss(m32, e.evaluate(plain, session_factory=_native))
     loss_bn = zoo.relative_loss(m32, e.evaluate(with_bn, session_factory=_native))
-    assert loss_bn <= loss_plain + 2 / e.default_eval_n, (loss_plain, loss_bn)
+    assert loss_bn <= loss_plain + slack, (loss_plain, loss_bn)
