@@ -8,11 +8,17 @@ The pieces for tool authors: :mod:`fp8onnx.formats` (the format table and kernel
 :mod:`fp8onnx.passes` (the pass library), :mod:`fp8onnx.schemes` and :class:`Recipe`.
 """
 from . import formats, schemes
-from .api import compile, compile_model, prepare
+from .api import compile_model, prepare
 from .errors import Fp8OnnxError, PassError, PreconditionError, UserError
+from .evaluation import EvalResult
 from .passinfra import Pass, PassManager, PassResult
 from .planner import plan_quantization
 from .recipe import Recipe
+from .tune import TuneResult
+
+# compile, evaluate and tune are both CLI modules and API calls: the modules are callable
+# (forwarding to the functions), so the name means the same whichever was imported first.
+from . import compile, evaluate, tune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -21,6 +27,10 @@ __all__ = [
     "compile_model",
     "prepare",
     "plan_quantization",
+    "evaluate",
+    "EvalResult",
+    "tune",
+    "TuneResult",
     "formats",
     "schemes",
     "Recipe",

@@ -90,13 +90,26 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     amax = {}
     tensors = plan.activation_tensors()
     calib_seconds = 0.0
-    if tensors and not recipe.dynamic:
+    bn_corrections = None
+    needs_data = (tensors and not recipe.dynamic) or recipe.bn_calib
+    src = None
+    if needs_data:
         if calibration is None:
             raise UserError(
-                "calibration data is needed for activation scales: pass --calib data.npz (input names "
-                "as keys), --calib DIR (one .npz feed per file) or --calib random (no real data: poor accuracy)")
-        tc = time.perf_counter()
+                "calibration data is needed for "
+                + ("BatchNorm calibration" if recipe.bn_calib else "activation scales")
+                + ": pass --calib data.npz (input names as keys), --calib DIR (one .npz feed per file) "
+                "or --calib random (no real data: poor accuracy)")
         src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
+    if recipe.bn_calib:
+        from .passes import BatchNormCalibration
+
+        bn = BatchNormCalibration(plan, src)
+        work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
+        bn_corrections = bn.corrections
+        plan = plan_quantization(work, recipe)  # the pass edited weights and nodes: plan afresh
+    if tensors and not recipe.dynamic:
+        tc = time.perf_counter()
         stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache)
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
@@ -110,6 +123,8 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     _check(work)
     report = build_report(work, source, plan, insert.inserted, recipe, timing.records,
                           calib_seconds=calib_seconds, total_seconds=time.perf_counter() - t0)
+    if bn_corrections is not None:
+        report["bn_calibration"] = bn_corrections
     return CompileResult(work, plan, report)
 
 

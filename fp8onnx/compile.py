@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=list(CALIB_METHODS), help="activation range method (default max)")
     p.add_argument("--percentile", type=float, help="percentile for --calib-method percentile (default 99.99)")
     p.add_argument("--calib-cache", help="save statistics here and reuse them on the next compile")
+    p.add_argument("--bn-calib", action="store_true", default=None,
+                   help="BatchNorm calibration: re-estimate BN statistics (or correct folded-BN channel "
+                        "scale and bias) under FP8 weights, on the calibration data")
     p.add_argument("--dynamic", action="store_true", default=None,
                    help="activation scales from each tensor's amax at run time (no calibration data needed)")
     p.add_argument("--emit", choices=list(EMIT_MODES),
@@ -94,6 +97,7 @@ def _run(args) -> int:
         format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
         scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
         exclude=args.exclude, keep_first_last=args.keep_first_last, opset=args.opset, dynamic=args.dynamic,
+        bn_calib=args.bn_calib,
     )
     dump_dir = os.path.splitext(args.output)[0] + "_passes" if args.debug else None
     result = api.compile_model(args.input, recipe=args.recipe, calibration=args.calib, samples=args.samples,

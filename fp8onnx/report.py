@@ -67,6 +67,9 @@ def summary_text(report: dict, output_path: str = None, output_bytes: int = None
             lines.append(f"  {item['count']} {item['op_type']}: {item['reason']}")
         if len(s["left_float"]) > 12:
             lines.append(f"  ... {len(s['left_float']) - 12} more reasons in the report")
+    bn = report.get("bn_calibration")
+    if bn is not None:
+        lines.append(f"BatchNorm calibration corrected {len(bn)} layers")
     size = f"weights {_mb(s['input_tensor_bytes'])} -> {_mb(s['output_tensor_bytes'])}"
     if output_bytes is not None:
         size += f", file {_mb(output_bytes)}"

@@ -15,6 +15,7 @@ from .name_nodes import NameNodes
 from .toposort import TopologicalSort
 from .insert_qdq import InsertQDQ
 from .annotate import Annotate
+from .bn_calibrate import BatchNormCalibration
 
 __all__ = [
     "LiftConstants",
@@ -25,4 +26,5 @@ __all__ = [
     "TopologicalSort",
     "InsertQDQ",
     "Annotate",
+    "BatchNormCalibration",
 ]

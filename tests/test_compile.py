@@ -175,3 +175,16 @@ def test_weights_only_model_needs_no_calibration():
     q = compile_model(m).model
     ids = {"ids": np.array([0, 3, 9], np.int64)}
     np.testing.assert_allclose(B.ort_run(q, ids), B.ort_run(m, ids), rtol=0.07, atol=1e-3)
+
+
+def test_bn_calib_option_updates_batchnorm_and_reports_it():
+    src = onnx.load(CNN)
+    res = compile_model(CNN, calibration=CALIB, format="e5m2", bn_calib=True)
+    assert len(res.report["bn_calibration"]) == 3
+    before = {t.name: numpy_helper.to_array(t) for t in src.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    bn = next(n for n in res.model.graph.node if n.op_type == "BatchNormalization")
+    assert not np.array_equal(before[bn.input[3]], after[bn.input[3]])  # running mean moved
+    assert accuracy(B.ort_run(res.model, {"input": TEST["input"]})) >= 0.98
+    meta = {p.key: p.value for p in res.model.metadata_props}
+    assert __import__("json").loads(meta["fp8onnx.recipe"])["bn_calib"] is True

@@ -36,7 +36,7 @@ __all__ = ["session_for", "ORT_FP8_UNSAFE", "has_custom_ops", "check_formats", "
 
 log = logging.getLogger(__name__)
 
-ORT_FP8_UNSAFE = ("ReluQuantRewrite", "WeightBiasQuantization", "ClipQuantRewrite")
+from ..runtime.session import FP8_UNSAFE_OPTIMIZERS as ORT_FP8_UNSAFE  # noqa: E402  the one list
 _DOMAIN = "ai.fp8onnx"
 
 
@@ -71,16 +71,8 @@ def session_for(model):
     if has_custom_ops(model):
         from ..runtime import InferenceSession
 
-        so = None
-        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in _nodes(model.graph)):
-            # Mixed models (native Q/DQ beside ai.fp8onnx ops): fp8onnx's session cannot
-            # disable single rewrites yet, and the unsafe ones run at the extended level
-            # (measured: digits CNN, E4M3 Conv + E3M4 Gemm, top-1 0.39 at the default
-            # level, 0.99 at basic, as the all-emulated model).
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            so.log_severity_level = 3
-        return InferenceSession(data, so)
+        # The runtime disables the same FP8-unsafe rewrites itself, mixed models included.
+        return InferenceSession(data)
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
