@@ -14,6 +14,7 @@ from .evaluation import EvalResult
 from .passinfra import Pass, PassManager, PassResult
 from .planner import plan_quantization
 from .recipe import Recipe
+from .surgeon import GraphSurgeonPass
 from .tune import TuneResult
 
 # compile, evaluate and tune are both CLI modules and API calls: the modules are callable
@@ -37,6 +38,7 @@ __all__ = [
     "Pass",
     "PassResult",
     "PassManager",
+    "GraphSurgeonPass",
     "Fp8OnnxError",
     "UserError",
     "PreconditionError",
