@@ -14,6 +14,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fp8onnx import zoo
@@ -225,3 +226,19 @@ def test_quick_sweep_end_to_end(tmp_path):
     for name in ("fig4_loss_per_model.png", "fig5_loss_vs_size.png"):
         assert _png_ok(tmp_path / name)
     assert json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])["config"] == "fp32"
+
+
+def test_peer_feeds_made_uniform_keep_every_sample():
+    peer = _load("peer_ort")
+    rng = np.random.default_rng(0)
+    feeds = [{"ids": rng.integers(1, 99, (3, 5)), "mask": np.ones((3, 5), np.int64)},
+             {"ids": rng.integers(1, 99, (2, 7)), "mask": np.ones((2, 7), np.int64)}]
+    out, note = peer.uniform_feeds(feeds)
+    assert len(out) == 5 and {f["ids"].shape for f in out} == {(1, 7)}
+    assert "split" in note and "padded" in note
+    originals = [f["ids"][i] for f in feeds for i in range(f["ids"].shape[0])]
+    for o, f in zip(originals, out):
+        assert np.array_equal(f["ids"][0, :o.size], o) and not f["ids"][0, o.size:].any()
+        assert f["mask"][0].sum() == o.size  # padding is masked out
+    same = [{"x": np.zeros((1, 3))}, {"x": np.ones((1, 3))}]
+    assert peer.uniform_feeds(same) == (same, "")

@@ -152,7 +152,9 @@ def run_job(spec: dict) -> dict:
         elif kind == "peer":
             peer_ort = _load_peer()
 
-            data = peer_ort.quantize_peer(fp32, calib, variant=spec.get("peer_variant", "default"))
+            notes = []
+            data = peer_ort.quantize_peer(fp32, calib, variant=spec.get("peer_variant", "default"), notes=notes)
+            row["peer_calib_note"] = "; ".join(notes)
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
             factory = peer_ort.default_session

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import onnx
 
-__all__ = ["VARIANTS", "quantize_peer", "default_session", "safe_session", "peer_options"]
+__all__ = ["VARIANTS", "quantize_peer", "uniform_feeds", "default_session", "safe_session", "peer_options"]
 
 VARIANTS = ("default", "sym")
 
@@ -58,16 +58,45 @@ class _Reader:
         self._it = iter(self._feeds)
 
 
+def uniform_feeds(feeds: List[Dict[str, np.ndarray]]) -> Tuple[List[Dict[str, np.ndarray]], str]:
+    """Feeds of one shape, as onnxruntime's calibrator needs (it stacks every intermediate
+    output of every feed with ``np.array``, which fails on ragged shapes).
+
+    Batches of different sizes are split into single samples; inputs whose other dims
+    still differ (token sequences, text-line widths) are zero-padded at the end to the
+    largest shape (for token inputs that is padding with ``attention_mask`` 0). Returns
+    the feeds and a note saying what was changed ("" if nothing).
+    """
+    shapes = {tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}
+    if len(shapes) <= 1:
+        return feeds, ""
+    notes = []
+    if len({tuple(v.shape[0] for v in f.values()) for f in feeds}) > 1:
+        feeds = [{k: v[i:i + 1] for k, v in f.items()} for f in feeds
+                 for i in range(next(iter(f.values())).shape[0])]
+        notes.append("batches split into single samples")
+    if len({tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}) > 1:
+        top = {k: np.max([f[k].shape for f in feeds], axis=0) for k in feeds[0]}
+        feeds = [{k: np.pad(v, [(0, int(t) - d) for t, d in zip(top[k], v.shape)]) for k, v in f.items()}
+                 for f in feeds]
+        notes.append("zero-padded to one shape " + ", ".join(f"{k} {tuple(int(x) for x in t)}" for k, t in top.items()))
+    return feeds, "; ".join(notes)
+
+
 def quantize_peer(model: onnx.ModelProto, calib: Iterable[Dict[str, np.ndarray]], *,
-                  variant: str = "default") -> bytes:
+                  variant: str = "default", notes: Optional[list] = None) -> bytes:
     """onnxruntime's static FP8 E4M3 quantization of ``model``; returns the model bytes.
 
-    The model goes through files (quantize_static's interface) in a temporary folder,
-    removed afterwards; models over 2 GB use external data.
+    The calibration feeds are made uniform first (:func:`uniform_feeds`; what was done is
+    appended to ``notes``). The model goes through files (quantize_static's interface) in
+    a temporary folder, removed afterwards; models over 2 GB use external data.
     """
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    reader = type("PeerReader", (_Reader, CalibrationDataReader), {})(list(calib))
+    feeds, note = uniform_feeds(list(calib))
+    if note and notes is not None:
+        notes.append(note)
+    reader = type("PeerReader", (_Reader, CalibrationDataReader), {})(feeds)
     big = model.ByteSize() > 1_800_000_000
     with tempfile.TemporaryDirectory(prefix="peer_ort_") as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "peer.onnx")
