@@ -334,12 +334,17 @@ def write_plots(s: dict, out: Path) -> List[Path]:
     for i, (label, cfg) in enumerate(series):
         vals = [s["loss"].get((m, cfg)) for m in models]
         y = [100 * v if v is not None else np.nan for v in vals]
-        ax.bar(x + (i - len(series) / 2 + 0.5) * width, y, width, label=label, color=colors[i])
+        pos = x + (i - len(series) / 2 + 0.5) * width
+        ax.bar(pos, y, width, label=label, color=colors[i])
+        failed = [p for p, m, v in zip(pos, models, vals) if v is None and (m, cfg) in s["rows"]]
+        ax.plot(failed, [0.0] * len(failed), "x", color=colors[i], ms=7, mew=2)
     ax.axhline(100 * THRESHOLD, color="k", ls="--", lw=0.8, label="1%")
+    ax.plot([], [], "x", color="k", label="failed")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylabel("relative loss (%), symlog")
-    ax.set_title("Relative loss per model and format (standard scheme)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    ax.set_title("Relative loss per model and format (standard scheme; peer: default session)")
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
     paths.append(out / "fig4_loss_per_model.png")
@@ -358,6 +363,8 @@ def write_plots(s: dict, out: Path) -> List[Path]:
     ax.axhline(100 * THRESHOLD, color="k", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=0.1)
+    lows = [100 * v for v in s["loss"].values() if v is not None]
+    ax.set_ylim(bottom=min([0.0] + lows) * 1.5 - 0.01)
     ax.set_xlabel("FP32 model size (MB, log)")
     ax.set_ylabel("relative loss (%), symlog")
     ax.set_title("Relative loss against model size (standard scheme)")
