@@ -20,16 +20,17 @@ from typing import Iterator, List
 
 import numpy as np
 
-__all__ = ["Page", "PageResult", "PageOcr", "render_pages", "det_feed", "det_model_path"]
+__all__ = ["Page", "PageResult", "PageOcr", "render_pages", "det_feed", "det_model_path", "box_iou"]
 
 FONT_SIZES = (24, 28, 32)   # cycled page by page: the detector sees several text heights
 MARGIN = 40                 # pixels around the text block
 LINE_PITCH = 1.75           # line spacing, in font sizes
+GUTTER = 48                 # pixels between columns
 
 
 @dataclass
 class Page:
-    """One rendered page: RGB uint8 image, the lines drawn and each line's y band [top, bottom)."""
+    """One rendered page: RGB uint8 image, the lines drawn, each line's box (left, top, right, bottom)."""
 
     image: np.ndarray
     lines: List[str]
@@ -44,6 +45,7 @@ class PageResult:
     boxes: int                 # text boxes the detector found on the page
     stray: int = 0             # boxes whose centre falls in no line's band
     box_texts: List[str] = field(default_factory=list)
+    rects: List[tuple] = field(default_factory=list)   # each box's bounding rectangle x0, y0, x1, y1
 
 
 def det_model_path() -> str:
@@ -73,12 +75,13 @@ def _wrap_px(words: List[str], font, max_px: float) -> Iterator[str]:
 
 
 def render_pages(split: str, *, n_pages: int = 0, n_lines: int = 0, height: int = 736,
-                 width: int = 1472) -> List[Page]:
+                 width: int = 1472, columns: int = 1) -> List[Page]:
     """Pages of prose from ``split`` ("calib" or "eval"), black DejaVu Sans on white.
 
     Give ``n_pages`` (every page full) or ``n_lines`` (as many pages as needed, the last
-    one cut so exactly ``n_lines`` lines are drawn). Each paragraph starts a new line;
-    font sizes cycle through FONT_SIZES page by page.
+    one cut so exactly ``n_lines`` lines are drawn). ``columns`` splits the page into
+    newspaper columns (shorter lines), filled left to right. Each paragraph starts a new
+    line; font sizes cycle through FONT_SIZES page by page.
     """
     from PIL import Image, ImageDraw
 
@@ -94,7 +97,9 @@ def render_pages(split: str, *, n_pages: int = 0, n_lines: int = 0, height: int 
         size = FONT_SIZES[len(pages) % len(FONT_SIZES)]
         font = _font(size)
         pitch = int(size * LINE_PITCH)
-        room = (height - 2 * MARGIN) // pitch
+        per_column = (height - 2 * MARGIN) // pitch
+        col_w = (width - 2 * MARGIN - (columns - 1) * GUTTER) / columns
+        room = per_column * columns
         if n_lines:
             room = min(room, n_lines - drawn)
         lines: List[str] = []
@@ -106,18 +111,33 @@ def render_pages(split: str, *, n_pages: int = 0, n_lines: int = 0, height: int 
                 para.append(w)
             if not para:
                 raise ValueError(f"the {split!r} split ran out of prose after {drawn + len(lines)} lines")
-            lines.extend(_wrap_px(para, font, width - 2 * MARGIN))
+            lines.extend(_wrap_px(para, font, col_w))
         lines = lines[:room]
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)
         bands = []
         for i, text in enumerate(lines):
-            top = MARGIN + i * pitch
-            draw.text((MARGIN, top + (pitch - size) // 2), text, font=font, fill="black")
-            bands.append((top, top + pitch))
+            col, row = divmod(i, per_column)
+            left, top = MARGIN + col * (col_w + GUTTER), MARGIN + row * pitch
+            draw.text((left, top + (pitch - size) // 2), text, font=font, fill="black")
+            bands.append((left - GUTTER / 2, top, left + col_w + GUTTER / 2, top + pitch))
         pages.append(Page(np.asarray(img), lines, bands))
         drawn += len(lines)
     return pages
+
+
+def box_iou(ref: List[tuple], got: List[tuple]) -> List[float]:
+    """For each rectangle in ``ref``, its best intersection-over-union with one in ``got``."""
+    out = []
+    for ax0, ay0, ax1, ay1 in ref:
+        best = 0.0
+        for bx0, by0, bx1, by1 in got:
+            iw, ih = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+            if iw > 0 and ih > 0:
+                inter = iw * ih
+                best = max(best, inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter))
+        out.append(best)
+    return out
 
 
 def det_feed(page: Page) -> np.ndarray:
@@ -146,24 +166,26 @@ class PageOcr:
         self._rec_in = self._rec.io_names()[0]
 
     def read(self, det_session, page: Page) -> PageResult:
-        """OCR of one page; box texts are assigned to the line whose band holds their centre."""
+        """OCR of one page; box texts are assigned to the line whose box holds their centre."""
         from fp8onnx.zoo.ocr import _crop, _normalize
 
         inp = det_session.get_inputs()[0].name
         prob = det_session.run(None, {inp: det_feed(page)})[0]
         boxes, _ = self._post(prob, page.image.shape[:2])
         per_line: List[list] = [[] for _ in page.lines]
-        stray, texts = 0, []
+        stray, texts, rects = 0, [], []
         for b in boxes:
             b = np.asarray(b, np.float32)
             text = self._rec.recognize(self._rec_session,
                                        {self._rec_in: _normalize(_crop(page.image, b), 48, 320)}).strip()
             texts.append(text)
-            cy = float(b[:, 1].mean())
-            hit = [i for i, (top, bottom) in enumerate(page.bands) if top <= cy < bottom]
+            rects.append((*b.min(axis=0).tolist(), *b.max(axis=0).tolist()))
+            cx, cy = float(b[:, 0].mean()), float(b[:, 1].mean())
+            hit = [i for i, (left, top, right, bottom) in enumerate(page.bands)
+                   if top <= cy < bottom and left <= cx < right]
             if hit:
                 per_line[hit[0]].append((float(b[:, 0].min()), text))
             else:
                 stray += 1
         lines = [" ".join(t for _, t in sorted(parts) if t) for parts in per_line]
-        return PageResult(lines, len(boxes), stray, texts)
+        return PageResult(lines, len(boxes), stray, texts, rects)
