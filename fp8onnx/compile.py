@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import traceback
 
 from . import formats as _formats
 from . import schemes as _schemes
-from .errors import Fp8OnnxError, UserError
+from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
 from .recipe import CALIB_METHODS, EMIT_MODES
 
 __all__ = ["main", "build_parser"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, as for every other bad input
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmts = list(_formats.names())
-    p = _Parser(prog="python -m fp8onnx.compile",
+    p = Parser(prog="python -m fp8onnx.compile",
                 description="Quantize an FP32 ONNX model to FP8 (E4M3, E5M2, E3M4, FNUZ) or INT8.")
     p.add_argument("input", help="FP32 ONNX model")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
@@ -65,31 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except UserError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Fp8OnnxError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e} (rerun with --debug for details and report it)", file=sys.stderr)
-        return 1
+    return run_main(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
     from . import api, modelio
     from .report import summary_text
 
-    if args.samples is not None and args.samples < 1:
-        raise UserError(f"--samples {args.samples}: give a positive number of samples")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: give a positive batch size")
+    check_positive(samples=args.samples, batch_size=args.batch_size)
     modelio.check_output_path(args.output, input_path=args.input)
     if args.report:
         modelio.check_output_path(args.report, input_path=args.input)
@@ -117,23 +91,16 @@ def _file_bytes(path: str) -> int:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
-class _CallableModule(type(sys)):
-    """``fp8onnx.compile`` is both this CLI module and the API function: importing the
-    module rebinds the package attribute to it, so the module forwards calls to the API."""
+def _api_compile(*args, **kwargs):
+    from .api import compile as _compile
 
-    def __call__(self, *args, **kwargs):
-        from .api import compile as _compile
-
-        return _compile(*args, **kwargs)
+    return _compile(*args, **kwargs)
 
 
-sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, _api_compile)
 
 
 if __name__ == "__main__":

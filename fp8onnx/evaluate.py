@@ -41,11 +41,10 @@ What is measured (all streamed over the samples, in bounded memory):
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import traceback
 
-from .errors import Fp8OnnxError, UserError
+from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
+from .errors import UserError
 from .evaluation import (EvalResult, LayerFigures, OutputFidelity, PerSample, evaluate, session_for,
                          tensor_map)
 
@@ -53,15 +52,8 @@ __all__ = ["evaluate", "EvalResult", "LayerFigures", "OutputFidelity", "PerSampl
            "tensor_map", "main", "build_parser"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, as for every other bad input
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fp8onnx.evaluate",
+    p = Parser(prog="python -m fp8onnx.evaluate",
                 description="Compare an FP8 model with its FP32 source: output fidelity and per-layer SQNR.")
     p.add_argument("float_model", help="the FP32 ONNX model")
     p.add_argument("fp8_model", help="the FP8 model compiled from it")
@@ -79,34 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except UserError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the CLI promises one line, not a traceback
-        if args.debug:
-            traceback.print_exc()
-        kind = "" if isinstance(e, Fp8OnnxError) else f"{type(e).__name__}: "
-        print(f"error: {kind}{e} (rerun with --debug for details and report it)".replace("\n", " "),
-              file=sys.stderr)
-        return 1
+    return run_main(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
     from . import modelio
     from .evaluation import html
-    from .evaluation.result import _atomic_text
 
-    if args.samples is not None and args.samples < 1:
-        raise UserError(f"--samples {args.samples}: give a positive number of samples")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: give a positive batch size")
+    check_positive(samples=args.samples, batch_size=args.batch_size)
     outputs = [p for p in (args.report, args.json, args.annotate) if p]
     if len(set(outputs)) < len(outputs):
         raise UserError("--report, --json and --annotate must be different files")
@@ -124,22 +96,14 @@ def _run(args) -> int:
     if args.json:
         result.save_json(args.json)
     if page is not None:
-        _atomic_text(args.report, page)
+        write_text_atomic(args.report, page)
     if annotated is not None:
         modelio.save_model(annotated, args.annotate, input_path=args.fp8_model)
     print(result.summary_text())
     return 0
 
 
-class _CallableModule(type(sys)):
-    """``fp8onnx.evaluate`` is both this CLI module and the API function: importing the
-    module rebinds the package attribute to it, so the module forwards calls to the API."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, evaluate)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -45,7 +44,8 @@ from typing import List, Optional
 
 import onnx
 
-from .errors import Fp8OnnxError, UserError
+from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
+from .errors import UserError
 
 __all__ = ["tune", "TuneResult", "Trial", "STAGES", "TUNE_FORMATS", "main", "build_parser"]
 
@@ -285,18 +285,11 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
 
 
 # --- command line ---------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, as for every other bad input
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import formats as _formats
     from . import schemes as _schemes
 
-    p = _Parser(prog="python -m fp8onnx.tune",
+    p = Parser(prog="python -m fp8onnx.tune",
                 description="Compile to FP8, falling back to other formats or float until the output fidelity "
                             "loss is within a target.")
     p.add_argument("input", help="FP32 ONNX model")
@@ -324,30 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except UserError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Fp8OnnxError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e} (rerun with --debug for details and report it)", file=sys.stderr)
-        return 1
+    return run_main(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
     from . import modelio
 
-    for flag, v in (("--samples", args.samples), ("--eval-samples", args.eval_samples),
-                    ("--max-trials", args.max_trials), ("--batch-size", args.batch_size)):
-        if v is not None and v < 1:
-            raise UserError(f"{flag} {v}: give a positive number")
+    check_positive(samples=args.samples, eval_samples=args.eval_samples, max_trials=args.max_trials,
+                   batch_size=args.batch_size)
     modelio.check_output_path(args.output, input_path=args.input)
     if args.report:
         modelio.check_output_path(args.report, input_path=args.input)
@@ -358,9 +335,7 @@ def _run(args) -> int:
                   batch_size=args.batch_size, stages=args.stages, sensitivity=args.sensitivity, format=args.format, scheme=args.scheme)
     modelio.save_model(result.model, args.output, input_path=args.input)
     if args.report:
-        from .evaluation.result import _atomic_text
-
-        _atomic_text(args.report, json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        write_text_atomic(args.report, json.dumps(result.to_dict(), indent=1, sort_keys=True))
     print(result.summary_text())
     if not result.met_target:
         print(f"warning: target loss {args.target_loss:g} not met in {len(result.history)} trials; wrote the best "
@@ -368,14 +343,7 @@ def _run(args) -> int:
     return 0
 
 
-class _CallableModule(type(sys)):
-    """``fp8onnx.tune`` is both this CLI module and the API function (see fp8onnx.compile)."""
-
-    def __call__(self, *args, **kwargs):
-        return tune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, tune)
 
 
 if __name__ == "__main__":

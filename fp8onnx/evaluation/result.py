@@ -205,12 +205,6 @@ class EvalResult:
 
 
 def _atomic_text(path, text: str) -> None:
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ..cli import write_text_atomic
+
+    write_text_atomic(os.fspath(path), text)
