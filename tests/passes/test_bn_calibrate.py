@@ -99,9 +99,12 @@ def test_bn_statistics_are_the_moments_of_the_bn_input_under_fp8_weights(fmt, kw
         np.testing.assert_allclose(inits[bn.input[3]], mean, atol=1e-4 * std.max(), rtol=1e-4)
         np.testing.assert_allclose(inits[bn.input[4]], var, rtol=2e-4)
         assert not np.allclose(before[bn.input[3]], inits[bn.input[3]])  # the stats really moved
-    # Gemm weights, Conv weights and everything else are as they were
+    # Conv weights are stored on the FP8 grid (quantized_weights=True); Gemm weights and
+    # everything else are as they were
     for name, arr in before.items():
-        if not any(name in (bn.input[3], bn.input[4]) for bn in bns):
+        if name in fq:
+            np.testing.assert_allclose(inits[name], fq_ref(arr, fmt), rtol=1e-6, atol=0, err_msg=name)
+        elif not any(name in (bn.input[3], bn.input[4]) for bn in bns):
             np.testing.assert_array_equal(inits[name], arr, err_msg=name)
     assert [n.SerializeToString() for n in work.graph.node] == [n.SerializeToString() for n in orig.graph.node]
 
@@ -156,15 +159,23 @@ def test_folded_conv_outputs_keep_float_moments_under_fp8_weights(fmt, kw, exact
         assert 0.5 <= c["a_min"] <= c["a_max"] <= 2 and c["mean_shift_max"] > 0
 
 
-def test_folded_weights_are_channel_scaled_so_fp8_codes_do_not_change():
+@pytest.mark.parametrize("quantized_weights", [True, False])
+def test_folded_weights_are_channel_scaled_so_fp8_codes_do_not_change(quantized_weights):
     orig = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
-    work, p, _ = calibrate("models/digits_cnn_bnfold.onnx", "e4m3")
+    work, p, _ = calibrate("models/digits_cnn_bnfold.onnx", "e4m3", quantized_weights=quantized_weights)
     w0, w1 = conv_weights(orig), conv_weights(work)
     for name in w0:
-        a = (w1[name].reshape(len(w1[name]), -1) / w0[name].reshape(len(w0[name]), -1))
-        np.testing.assert_allclose(a, a[:, :1] * np.ones_like(a), rtol=1e-6)  # one factor a channel
         q0, q1 = fq_ref(w0[name], "e4m3"), fq_ref(w1[name], "e4m3")
-        np.testing.assert_allclose(q1, q0 * a[:, :1].reshape(-1, 1, 1, 1), rtol=1e-6)
+        if quantized_weights:  # stored on the FP8 grid: quantizing again changes nothing
+            np.testing.assert_allclose(q1, w1[name], rtol=1e-6, atol=0)
+        else:  # stored in float: one factor a channel
+            a = w1[name].reshape(len(w1[name]), -1) / w0[name].reshape(len(w0[name]), -1)
+            np.testing.assert_allclose(a, a[:, :1] * np.ones_like(a), rtol=1e-6)
+        # same codes, channel scale a_c times larger
+        nz = q0 != 0
+        a = np.where(nz, q1 / np.where(nz, q0, 1), np.nan).reshape(len(q0), -1)
+        np.testing.assert_allclose(a, np.nanmean(a, axis=1, keepdims=True) * np.ones_like(a), rtol=1e-6)
+        assert np.array_equal(q1 == 0, q0 == 0)
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
@@ -197,6 +208,28 @@ def test_correction_holds_in_the_fp8_model_insert_qdq_builds_with_the_same_plan(
         assert np.max(np.abs(mq - mf) / sf) < 1e-4 and np.max(np.abs(np.sqrt(vq) / sf - 1)) < 1e-4, name
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2", "e3m4", "int8"])
+def test_weights_on_the_fp8_grid_give_insert_qdq_the_same_codes(fmt):
+    from fp8onnx.passes import InsertQDQ
+
+    stored = {}
+    for qw in (True, False):
+        work = prepare(onnx.load("models/digits_cnn_bnfold.onnx"))
+        plan = plan_quantization(work, make_recipe(format=fmt))
+        for d in plan.units:
+            d.activation_uses.clear()
+        BatchNormCalibration(plan, open_source(CALIB, work, batch_size=64), quantized_weights=qw,
+                             progress=False)(work)
+        InsertQDQ(plan, {}, emit="emulate")(work)
+        stored[qw] = {t.name: t.raw_data for t in work.graph.initializer if t.name.endswith(f"_{fmt}")}
+        stored[qw, "scale"] = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer
+                               if t.name.endswith("weight_scale")}
+    assert len(stored[True]) == 5 and stored[True] == stored[False]
+    assert len(stored[True, "scale"]) == 5
+    for name, scale in stored[True, "scale"].items():
+        np.testing.assert_allclose(scale, stored[False, "scale"][name], rtol=1e-6)
+
+
 def test_modified_is_measured_and_a_second_run_changes_nothing():
     for path, kw in (("models/digits_cnn_bnfold.onnx", {}), ("models/digits_cnn.onnx", {}),
                      ("models/digits_cnn.onnx", {"bn_mode": "reestimate"}),
@@ -218,7 +251,8 @@ def test_modified_is_measured_and_a_second_run_changes_nothing():
     assert not p(mlp).modified and mlp.SerializeToString() == before and p.corrections == []
 
 
-def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog):
+@pytest.mark.parametrize("quantized_weights", [True, False])
+def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog, quantized_weights):
     r = B.rng(3)
     w = r.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)
     w[2] = 0.0  # a dead channel: std_q = 0, left alone
@@ -228,7 +262,8 @@ def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog):
     work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
     x = r.normal(0.3, 1.0, (32, 3, 8, 8)).astype(np.float32)
     plan = plan_quantization(work, make_recipe(format="e5m2"))
-    p = BatchNormCalibration(plan, [{"input": x}], clamp=(1.0, 1.0), progress=False)
+    p = BatchNormCalibration(plan, [{"input": x}], clamp=(1.0, 1.0), progress=False,
+                             quantized_weights=quantized_weights)
     with caplog.at_level(logging.INFO, logger="fp8onnx.passes"):
         assert p(work).modified
     assert "clamped" in caplog.text and p.corrections[0]["clamped"] > 0
@@ -236,7 +271,8 @@ def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog):
     conv = next(n for n in work.graph.node if n.op_type == "Conv")
     assert len(conv.input) == 3
     inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
-    np.testing.assert_array_equal(inits["w"], w)        # a_c clamped to 1: weights untouched
+    # a_c clamped to 1: the weights are the same, on the FP8 grid or not
+    np.testing.assert_array_equal(inits["w"], fq_ref(w, "e5m2") if quantized_weights else w)
     assert inits[conv.input[2]][2] == 0.0              # dead channel: no shift
     yf = fetch(m, ["c"], x)["c"]
     yq = fetch(with_weights(work, {"w": fq_ref(w, "e5m2")}), ["c"], x)["c"]
