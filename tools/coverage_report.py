@@ -84,13 +84,18 @@ def summarize(rows: List[dict]) -> dict:
     within, best = {}, {}
     for setting in SETTINGS:
         scheme, bn = setting
-        counts = {f: (sum(_within(L.get((m, f"{f}-{scheme}{bn}"))) for m in models), n) for f in FORMATS}
+        # Denominators count the models the configuration ran on (a cut-short sweep says so).
+        counts = {}
+        for f in FORMATS:
+            ran_on = [m for m in models if (m, f"{f}-{scheme}{bn}") in by]
+            counts[f] = (sum(_within(L.get((m, f"{f}-{scheme}{bn}"))) for m in ran_on), len(ran_on))
+        fp8_on = [m for m in models if any((m, f"{f}-{scheme}{bn}") in by for f in FP8)]
         per_model_best = {}
-        for m in models:
+        for m in fp8_on:
             cand = {f: L.get((m, f"{f}-{scheme}{bn}")) for f in FP8}
             cand = {f: v for f, v in cand.items() if v is not None}
             per_model_best[m] = min(cand.items(), key=lambda kv: kv[1]) if cand else (None, None)
-        counts["best_fp8"] = (sum(_within(v) for _, v in per_model_best.values()), n)
+        counts["best_fp8"] = (sum(_within(v) for _, v in per_model_best.values()), len(fp8_on))
         within[setting], best[setting] = counts, per_model_best
     any_fp8 = {m: [L.get((m, f"{f}-{s}{b}")) for f in FP8 for s, b in SETTINGS] for m in models}
     any_int8 = {m: [L.get((m, f"int8-{s}{b}")) for s, b in SETTINGS] for m in models}
@@ -98,7 +103,7 @@ def summarize(rows: List[dict]) -> dict:
     for setting in SETTINGS:
         for key in FORMATS + ("best_fp8",):
             fmts = FP8 if key == "best_fp8" else (key,)
-            if not any(f"{f}-{setting[0]}{setting[1]}" in ran for f in fmts):
+            if not within[setting][key][1]:
                 within[setting][key] = None  # configuration not part of this sweep
     within["any"] = {"best_fp8": (sum(any(_within(v) for v in vs) for vs in any_fp8.values()), n),
                      "int8": (sum(any(_within(v) for v in vs) for vs in any_int8.values()), n)}
@@ -268,7 +273,7 @@ def render_markdown(s: dict) -> str:
         for i, st in enumerate(SETTINGS):
             sch, bn = st
             vals = [s["loss"].get((m, f"{f}-{sch}{bn}")) for f in FORMATS]
-            bf_, bv = s["best"][st][m]
+            bf_, bv = s["best"][st].get(m, (None, None))
             head = (f"| {m} | {f32.get('domain')}/{f32.get('family')} | {f32['metric']:.4f} "
                     f"({f32.get('eval_samples')}) " if i == 0
                     else "| | | ")
