@@ -17,9 +17,16 @@ from .recipe import Recipe
 from .surgeon import GraphSurgeonPass
 from .tune import TuneResult
 
-# compile, evaluate and tune are both CLI modules and API calls: the modules are callable
-# (forwarding to the functions), so the name means the same whichever was imported first.
-from . import compile, evaluate, tune  # noqa: E402
+
+def __getattr__(name):
+    # compile, evaluate and tune are CLI modules and API calls at once: the modules are
+    # callable (forwarding to the functions). Imported on first use rather than here, so
+    # `python -m fp8onnx.compile` does not find its own module already imported.
+    if name in ("compile", "evaluate", "tune"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

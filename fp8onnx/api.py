@@ -104,9 +104,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
-        bn = BatchNormCalibration(plan, src)
+        bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode)
         work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
-        bn_corrections = bn.corrections
+        bn_corrections = {"seconds": round(bn.seconds, 3), "passes": bn.passes_run, "layers": bn.corrections,
+                          "skipped": [list(x) for x in bn.skipped]}
         plan = plan_quantization(work, recipe)  # the pass edited weights and nodes: plan afresh
     if tensors and not recipe.dynamic:
         tc = time.perf_counter()

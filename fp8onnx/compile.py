@@ -14,7 +14,7 @@ import sys
 from . import formats as _formats
 from . import schemes as _schemes
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
-from .recipe import CALIB_METHODS, EMIT_MODES
+from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES
 
 __all__ = ["main", "build_parser"]
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-calib", action="store_true", default=None,
                    help="BatchNorm calibration: re-estimate BN statistics (or correct folded-BN channel "
                         "scale and bias) under FP8 weights, on the calibration data")
+    p.add_argument("--bn-mode", choices=list(BN_MODES),
+                   help="kept BatchNorms: match (shift the statistics by what FP8 weights change, default) "
+                        "or reestimate (the paper: statistics of the calibration data)")
     p.add_argument("--dynamic", action="store_true", default=None,
                    help="activation scales from each tensor's amax at run time (no calibration data needed)")
     p.add_argument("--emit", choices=list(EMIT_MODES),
@@ -71,7 +74,7 @@ def _run(args) -> int:
         format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
         scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
         exclude=args.exclude, keep_first_last=args.keep_first_last, opset=args.opset, dynamic=args.dynamic,
-        bn_calib=args.bn_calib,
+        bn_calib=args.bn_calib, bn_mode=args.bn_mode,
     )
     dump_dir = os.path.splitext(args.output)[0] + "_passes" if args.debug else None
     result = api.compile_model(args.input, recipe=args.recipe, calibration=args.calib, samples=args.samples,

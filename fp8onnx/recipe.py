@@ -24,10 +24,13 @@ from . import formats as _formats
 from . import schemes as _schemes
 from .errors import UserError
 
-__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS"]
+__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS", "BN_MODES"]
 
 EMIT_MODES = ("auto", "qdq", "emulate")
 CALIB_METHODS = ("max", "percentile", "mse", "kl")
+#: match: move kept BN statistics by what FP8 weights change (default; measured best on
+#: PP-OCR); reestimate: the paper's re-estimation from the calibration data.
+BN_MODES = ("match", "reestimate")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Recipe:
     nodes: Dict[str, object] = field(default_factory=dict)
     dynamic: bool = False
     bn_calib: bool = False
+    bn_mode: str = "match"
     opset: int = 19
     saturate: bool = True
 
@@ -88,6 +92,8 @@ class Recipe:
         if self.calib_method not in CALIB_METHODS:
             raise UserError(
                 f"unknown calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if self.bn_mode not in BN_MODES:
+            raise UserError(f"unknown BatchNorm calibration mode {self.bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if not 0 < float(self.percentile) <= 100:
             raise UserError(f"percentile {self.percentile} is outside (0, 100]: give e.g. 99.99")
         if not isinstance(self.opset, int) or not 19 <= self.opset <= 23:

@@ -69,7 +69,8 @@ def summary_text(report: dict, output_path: str = None, output_bytes: int = None
             lines.append(f"  ... {len(s['left_float']) - 12} more reasons in the report")
     bn = report.get("bn_calibration")
     if bn is not None:
-        lines.append(f"BatchNorm calibration corrected {len(bn)} layers")
+        lines.append(f"BatchNorm calibration corrected {len(bn['layers'])} layers in {bn['seconds']:.1f} s "
+                     f"({bn['passes']} passes over the data)")
     size = f"weights {_mb(s['input_tensor_bytes'])} -> {_mb(s['output_tensor_bytes'])}"
     if output_bytes is not None:
         size += f", file {_mb(output_bytes)}"
