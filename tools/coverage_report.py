@@ -35,8 +35,13 @@ def latest(rows: List[dict]) -> Dict[tuple, dict]:
     return out
 
 
-def _ok(r: Optional[dict]) -> bool:
-    return bool(r) and r.get("status") == "ok" and r.get("metric") is not None
+def _ok(r: Optional[dict], key: str = "metric") -> bool:
+    return bool(r) and r.get("status") == "ok" and r.get(key) is not None
+
+
+def _done(r: Optional[dict]) -> bool:
+    """The job ran to the end (its compile and size figures hold even if a session failed)."""
+    return bool(r) and r.get("status") == "ok"
 
 
 def losses(rows: List[dict], *, metric_key: str = "metric") -> Dict[tuple, Optional[float]]:
@@ -47,7 +52,7 @@ def losses(rows: List[dict], *, metric_key: str = "metric") -> Dict[tuple, Optio
         if config == "fp32":
             continue
         ref = by.get((model, "fp32"))
-        if not _ok(ref) or not _ok(r) or r.get(metric_key) is None or ref["metric"] == 0:
+        if not _ok(ref) or not _ok(r, metric_key) or ref["metric"] == 0:
             out[(model, config)] = None
             continue
         out[(model, config)] = (ref["metric"] - r[metric_key]) / ref["metric"]
@@ -167,16 +172,16 @@ def _cost_table(s: dict) -> List[str]:
     ratios_t, ratios_m, ratios_d = [], [], []
     for m in s["models"]:
         f32, o, p = by.get((m, "fp32"), {}), by.get((m, "e4m3-std"), {}), by.get((m, "peer"), {})
-        rt = (o.get("compile_s") / p["compile_s"]) if _ok(o) and _ok(p) and p.get("compile_s") else None
-        rm = (o.get("compile_peak_rss_mb") / p["compile_peak_rss_mb"]) if _ok(o) and _ok(p) else None
-        do = (o["compile_peak_rss_mb"] - o["base_rss_mb"]) if _ok(o) else None
-        dp = (p["compile_peak_rss_mb"] - p["base_rss_mb"]) if _ok(p) else None
+        rt = (o.get("compile_s") / p["compile_s"]) if _done(o) and _done(p) and p.get("compile_s") else None
+        rm = (o.get("compile_peak_rss_mb") / p["compile_peak_rss_mb"]) if _done(o) and _done(p) else None
+        do = (o["compile_peak_rss_mb"] - o["base_rss_mb"]) if _done(o) else None
+        dp = (p["compile_peak_rss_mb"] - p["base_rss_mb"]) if _done(p) else None
         ratios_t.append(rt)
         ratios_m.append(rm)
         ratios_d.append(do / dp if do is not None and dp else None)
 
         def g(r, k, scale=1.0, fmt="{:.1f}"):
-            return fmt.format(r[k] * scale) if _ok(r) and r.get(k) is not None else "—"
+            return fmt.format(r[k] * scale) if _done(r) and r.get(k) is not None else "—"
         lines.append(f"| {m} | {g(f32, 'size_bytes', 1e-6, '{:.2f}')} | {g(o, 'size_bytes', 1e-6, '{:.2f}')} | "
                      f"{g(p, 'size_bytes', 1e-6, '{:.2f}')} | {g(o, 'compile_s')} | {g(p, 'compile_s')} | "
                      f"{'—' if rt is None else f'{rt:.2f}'} | {g(o, 'compile_peak_rss_mb', 1, '{:.0f}')} | "
@@ -298,6 +303,10 @@ def render_markdown(s: dict) -> str:
                 cells.append("—")
             elif r.get("status") != "ok":
                 cells.append(str(r.get("status"))[:120])
+            elif r.get("default_session_error") or r.get("safe_session_error"):
+                cells.append(" / ".join(
+                    f"failed: {r[err][:100]}" if r.get(err) else _pct(src.get((m, cfg)))
+                    for err, src in (("default_session_error", s["loss"]), ("safe_session_error", s["loss_safe"]))))
             else:
                 cells.append(f"{_pct(s['loss'].get((m, cfg)))} / {_pct(s['loss_safe'].get((m, cfg)))}")
         L.append(f"| {m} | " + " | ".join(cells) + " |")

@@ -39,6 +39,10 @@ _WARMED = False
 _OOM_MARKERS = ("Failed to allocate memory", "bad_alloc", "Unable to allocate", "MemoryError")
 
 
+def _oneline(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -158,12 +162,23 @@ def run_job(spec: dict) -> dict:
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
             factory = peer_ort.default_session
-            row["metric_safe"] = entry.evaluate(data, n=eval_n, session_factory=peer_ort.safe_session)
+            # The two sessions fail independently (onnxruntime's default one can refuse the
+            # peer's own model): each gets its metric or its error.
+            try:
+                row["metric_safe"] = entry.evaluate(data, n=eval_n, session_factory=peer_ort.safe_session)
+            except Exception as e:  # noqa: BLE001
+                row["metric_safe"], row["safe_session_error"] = None, _oneline(e)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
     row["size_bytes"] = len(data)
     t0 = time.perf_counter()
-    row["metric"] = entry.evaluate(data, n=eval_n, session_factory=factory)
+    try:
+        row["metric"] = entry.evaluate(data, n=eval_n, session_factory=factory)
+    except Exception as e:  # noqa: BLE001
+        if kind != "peer" or row.get("metric_safe") is None:
+            raise
+        row["metric"], row["default_session_error"] = None, _oneline(e)
+        factory = peer_ort.safe_session
     row["eval_s"] = time.perf_counter() - t0
     row["details"] = dict(entry.last_details)
     row["run_s"] = _median_run_s(factory(data), eval_feed)
@@ -171,8 +186,9 @@ def run_job(spec: dict) -> dict:
     row["eval_samples"], row["calib_samples"] = eval_n, (None if kind == "fp32" else calib_n or 32)
     ref = spec.get("fp32_metric")
     if ref:
-        row["relative_loss"] = zoo.relative_loss(ref, row["metric"])
-        if "metric_safe" in row:
+        if row["metric"] is not None:
+            row["relative_loss"] = zoo.relative_loss(ref, row["metric"])
+        if row.get("metric_safe") is not None:
             row["relative_loss_safe"] = zoo.relative_loss(ref, row["metric_safe"])
     return row
 
