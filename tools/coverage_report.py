@@ -124,6 +124,12 @@ def summarize(rows: List[dict]) -> dict:
             "best": best, "peers": peers, "domains": domains, "rows": by}
 
 
+def _short(text, n: int = 110) -> str:
+    """A failure message for a table cell: no dir() listings, no pipes, at most n characters."""
+    text = str(text).split(" in ['__class__")[0].replace("|", "/")
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
 def _pct(x: Optional[float]) -> str:
     return "failed" if x is None else f"{100 * x:.2f}%"
 
@@ -302,10 +308,10 @@ def render_markdown(s: dict) -> str:
             if r is None:
                 cells.append("—")
             elif r.get("status") != "ok":
-                cells.append(str(r.get("status"))[:120])
+                cells.append(_short(r.get("status")))
             elif r.get("default_session_error") or r.get("safe_session_error"):
                 cells.append(" / ".join(
-                    f"failed: {r[err][:100]}" if r.get(err) else _pct(src.get((m, cfg)))
+                    "failed: " + _short(r[err]) if r.get(err) else _pct(src.get((m, cfg)))
                     for err, src in (("default_session_error", s["loss"]), ("safe_session_error", s["loss_safe"]))))
             else:
                 cells.append(f"{_pct(s['loss'].get((m, cfg)))} / {_pct(s['loss_safe'].get((m, cfg)))}")
@@ -323,7 +329,7 @@ def render_markdown(s: dict) -> str:
     if failures:
         L.append("## Failed jobs\n")
         for r in failures:
-            L.append(f"- {r['model']} {r['config']}: {str(r['status'])[:300]}")
+            L.append(f"- {r['model']} {r['config']}: {_short(r['status'], 300)}")
         L.append("")
     L.append("![relative loss per model and format](fig4_loss_per_model.png)\n")
     L.append("![relative loss against model size](fig5_loss_vs_size.png)\n")
