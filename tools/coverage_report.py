@@ -107,7 +107,6 @@ def summarize(rows: List[dict]) -> dict:
     ran = {c for (_, c) in by}
     for setting in SETTINGS:
         for key in FORMATS + ("best_fp8",):
-            fmts = FP8 if key == "best_fp8" else (key,)
             if not within[setting][key][1]:
                 within[setting][key] = None  # configuration not part of this sweep
     within["any"] = {"best_fp8": (sum(any(_within(v) for v in vs) for vs in any_fp8.values()), n),
