@@ -1,4 +1,4 @@
-"""The coverage study tool (tools/coverage.py): real jobs in real subprocesses.
+"""The coverage study tool (tools/coverage_study.py): real jobs in real subprocesses.
 
 The default-suite fixture runs one small sweep (digits_mlp: FP32, E4M3, INT8, the peer
 and a job with an unknown format that must fail) and the tests check its rows, the
@@ -31,7 +31,7 @@ def _load(name):
     return sys.modules[key]
 
 
-cov = _load("coverage")
+cov = _load("coverage_study")
 report = _load("coverage_report")
 
 OK_FIELDS = ("model", "config", "kind", "status", "metric", "size_bytes", "run_s", "peak_rss_mb",
@@ -194,7 +194,7 @@ def test_config_names_round_trip():
 
 
 def test_cli_errors_and_report_only(tmp_path, sweep):
-    run = lambda *a: subprocess.run([sys.executable, str(TOOLS / "coverage.py"), *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, str(TOOLS / "coverage_study.py"), *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
     bad = run("--models", "no_such_model", "--out", str(tmp_path))
     assert bad.returncode == 2 and "unknown zoo entry" in bad.stderr
@@ -210,7 +210,7 @@ def test_cli_errors_and_report_only(tmp_path, sweep):
 
 @pytest.mark.slow
 def test_quick_sweep_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, str(TOOLS / "coverage.py"), "--quick", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(TOOLS / "coverage_study.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = cov.read_rows(tmp_path / "results.jsonl")

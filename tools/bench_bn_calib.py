@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-# tools/coverage.py would shadow the coverage package, which numba imports when present.
+# keep tools/ off sys.path: a script here must not shadow an installed package numba imports.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 

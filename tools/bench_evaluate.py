@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 # The repository root replaces this folder on the path: a tools/ module named like a
-# package (coverage.py) would otherwise shadow it for Numba.
+# package would otherwise be shadowed for Numba.
 sys.path[0] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 import fp8onnx  # noqa: E402

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 # Replace the script's own folder on sys.path by the repository root: tools/ holds a
-# coverage.py that would shadow the coverage package, which numba imports.
+# script that would shadow an installed package numba imports.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))

@@ -47,7 +47,7 @@ import numpy as np
 
 def _load_pipeline():
     """tools/ocr_pipeline.py, loaded by path: tools/ must not be on sys.path, since
-    tools/coverage.py would shadow the ``coverage`` package that Numba probes."""
+    a script in tools/ must not shadow an installed package Numba probes."""
     import importlib.util
 
     here = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ import sys
 import time
 
 # tools/ holds scripts, not modules to import: keep its files from shadowing installed
-# packages (a tools/coverage.py breaks Numba's optional `import coverage`).
+# packages (a script there must not shadow what Numba imports).
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 

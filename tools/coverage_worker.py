@@ -27,7 +27,7 @@ from pathlib import Path
 __all__ = ["run_job", "main"]
 
 _TOOLS = Path(__file__).resolve().parent
-# tools/coverage.py would shadow the coverage package (Numba imports it): keep tools/ off sys.path.
+# keep tools/ off sys.path: a script here must not shadow an installed package (Numba imports coverage).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _TOOLS]
 
 #: Numba kernels are cached on disk, but the first call in a process still loads them;

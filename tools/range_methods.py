@@ -15,7 +15,7 @@ import time
 
 def main() -> int:
     if sys.path and sys.path[0].endswith("tools"):
-        sys.path.pop(0)  # tools/coverage.py would shadow the coverage package numba imports
+        sys.path.pop(0)  # a script in tools/ must not shadow an installed package
     from fp8onnx import zoo
     from fp8onnx.api import compile_model
     from fp8onnx.evaluation import session_for

@@ -7,11 +7,11 @@ job runs in a fresh process (tools/coverage_worker.py) so its peak RSS is its ow
 rows stream to ``<out>/results.jsonl`` as jobs finish; ``coverage.md`` and the PNG
 figures are written at the end (tools/coverage_report.py)::
 
-    python tools/coverage.py                      # everything, 2 local jobs at a time
-    python tools/coverage.py --quick --out /tmp/cov   # digits + ppocr_cls, few samples (CI)
-    python tools/coverage.py --models digits_cnn,minilm_l6 --resume
-    python tools/coverage.py --ray-address auto   # the same jobs on a Ray cluster
-    python tools/coverage.py --report-only        # rebuild coverage.md/PNGs from results.jsonl
+    python tools/coverage_study.py                      # everything, 2 local jobs at a time
+    python tools/coverage_study.py --quick --out /tmp/cov   # digits + ppocr_cls, few samples (CI)
+    python tools/coverage_study.py --models digits_cnn,minilm_l6 --resume
+    python tools/coverage_study.py --ray-address auto   # the same jobs on a Ray cluster
+    python tools/coverage_study.py --report-only        # rebuild coverage.md/PNGs from results.jsonl
 
 Our models are emitted as ``ai.fp8onnx`` custom ops (``emit="emulate"``) and run by
 ``fp8onnx.runtime``: exact and fast on a CPU for every format, E3M4 included.
@@ -31,9 +31,8 @@ from typing import Callable, Iterable, List, Optional
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
-# This file is called coverage.py: with tools/ first on sys.path, ``import coverage`` (which
-# Numba does) would find it instead of the coverage package, so tools/ leaves sys.path and
-# the sibling modules are loaded by file path.
+# Sibling scripts are loaded by file path and tools/ leaves sys.path, so no script here
+# can shadow an installed package (Numba imports ``coverage``, for one).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != TOOLS]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -258,7 +257,7 @@ def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool
 
 
 def _parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python tools/coverage.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python tools/coverage_study.py", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="comma-separated zoo entries (default: all)")
     ap.add_argument("--configs", default=None,
                     help=f"comma-separated configurations (default: all): {', '.join(config_names())}")
