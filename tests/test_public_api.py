@@ -34,3 +34,19 @@ def test_no_top_level_passes_package_is_installed():
     out = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('passes'))"],
                          capture_output=True, text=True, cwd="/", timeout=60)
     assert out.stdout.strip() == "None", out.stdout
+
+
+def test_passes_resolve_from_a_source_checkout_without_the_editable_finder():
+    # The README's first command runs `python -m fp8onnx.compile` in the repository root
+    # after a plain `pip install .`: fp8onnx then comes from the source tree, where
+    # passes/ sits beside it. Drop any editable-install finder to see that case.
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+            "import fp8onnx.passes, fp8onnx\n"
+            "print(fp8onnx.passes.InsertQDQ.__module__, fp8onnx.__file__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("fp8onnx.passes.insert_qdq ")
