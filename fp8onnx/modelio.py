@@ -284,6 +284,11 @@ def _same_file(a: str, b: str) -> bool:
 
 def _tmp_name(folder: str, final: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(final)}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); the renamed output should get the mode any
+    # new file of the user's gets (0666 less the umask), as onnx.save would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return tmp
 

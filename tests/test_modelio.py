@@ -356,3 +356,20 @@ def test_save_refuses_to_overwrite_the_inputs_external_data(tmp_path):
     assert (tmp_path / "in.onnx.data").read_bytes() == data
     save_model(loaded, tmp_path / "out.onnx", external_data=True, input_path=tmp_path / "other.onnx")
     assert load_model(tmp_path / "out.onnx") == loaded
+
+
+def test_saved_file_gets_the_users_default_mode(tmp_path):
+    import os
+    import onnx
+    from onnx import helper, TensorProto
+    from fp8onnx.modelio import save_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    out = tmp_path / "m.onnx"
+    save_model(helper.make_model(g), out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)
+    onnx.checker.check_model(str(out))
