@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import os
 import platform
@@ -257,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["max", "mse"], help="our range methods (first = headline)")
     ap.add_argument("--formats", nargs="+", default=["e4m3"], help="our formats (first = headline)")
     ap.add_argument("--skip-peer", action="store_true", help="do not run onnxruntime's quantize_static")
+    ap.add_argument("--compile-flags", default="",
+                    help="more flags for our compile, one string, e.g. --compile-flags=--bn-calib")
     ap.add_argument("--peer-mem-gb", type=float, default=20.0, help="RLIMIT_AS of the peer's process")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a child is killed")
     ap.add_argument("--out", default="docs/bench_ocr_calib.md")
@@ -287,7 +290,8 @@ def main(argv=None) -> int:
         for meth in a.methods:
             head = fmt == a.formats[0] and meth == a.methods[0]
             out = os.path.join(work, f"ours_{fmt}_{meth}.onnx")
-            cli = [det, "-o", out, "--calib", calib_dir, "--format", fmt, "--calib-method", meth]
+            cli = [det, "-o", out, "--calib", calib_dir, "--format", fmt, "--calib-method", meth,
+                   *shlex.split(a.compile_flags)]
             ours.append({"fmt": fmt, "meth": meth, "out": out, "head": head, "cli": cli, "runs": []})
     peer = {"pre": [], "q": [], "out": os.path.join(work, "ort_fp8.onnx"),
             "pre_out": os.path.join(work, "det_preprocessed.onnx")}
