@@ -12,7 +12,7 @@ and for every node of a quantizable op type that stays float, the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import onnx
 from onnx import TensorProto

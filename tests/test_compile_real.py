@@ -23,7 +23,6 @@ def native_session(data):
 
 def check_all_weights_fp8(src, q, fmt_type):
     weighted = [n for n in src.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
-    qn = {n.name: n for n in q.graph.node}
     inits = {t.name: t for t in q.graph.initializer}
     producers = {o: n for n in q.graph.node for o in n.output}
     n_fp8 = 0
