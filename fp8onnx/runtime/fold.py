@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import formats
-from .ops import ATTRIBUTE_DEFAULTS, DEQUANTIZE, DOMAIN, FAKE_QUANT, QUANTIZE
+from .ops import ATTRIBUTE_DEFAULTS, DEQUANTIZE, DOMAIN, FAKE_QUANT
 
 __all__ = ["fold_constant_ops"]
 
@@ -37,44 +37,27 @@ log = logging.getLogger(__name__)
 
 def _compute(op, attrs, x, scale):
     """The node's output with the kernels' loops, or None where the kernel would fail."""
-    from ..kernels import _cast as k
+    from .. import kernels
 
     try:
         fmt = formats.get(attrs.get("format", b"").decode())
     except ValueError:
         return None
     axis, saturate = int(attrs.get("axis", 1)), bool(attrs.get("saturate", 1))
-    scale = np.ascontiguousarray(scale, np.float32)
-    if scale.ndim > 1 or not np.all((scale > 0) & np.isfinite(scale)) or x.ndim > 16:
-        return None
     in_dtype = np.uint8 if op == DEQUANTIZE else np.float32
-    if x.dtype != in_dtype or scale.dtype != np.float32:
+    if x.dtype != in_dtype or scale.dtype != np.float32 or scale.ndim > 1 or x.ndim > 16:
         return None
-    x = np.ascontiguousarray(x)
-    out = np.empty(x.shape, np.uint8 if op == QUANTIZE else np.float32)
-    fid = fmt.kernel_id
-    if scale.size == 1:
-        s = np.float32(scale.reshape(()))
-        flat_x, flat_o = x.reshape(-1), out.reshape(-1)
+    # The op reads a 1-element scale as per tensor, whatever its rank.
+    per_tensor = scale.size == 1
+    s, ax = (scale.reshape(()), None) if per_tensor else (scale, axis)
+    try:  # the wrapper's ValueErrors are the cases the kernel would refuse
         if op == FAKE_QUANT:
-            k.fake_quant_tensor(flat_x, s, saturate, fid, flat_o)
-        elif op == DEQUANTIZE:
-            k.dequantize_tensor(flat_x, s, fid, flat_o)
-        else:
-            k.quantize_tensor(flat_x, s, saturate, fid, flat_o)
-        return out
-    ax = axis + x.ndim if axis < 0 else axis
-    if not 0 <= ax < x.ndim or x.shape[ax] != scale.size:
+            return kernels.fake_quant(fmt, x, s, axis=ax, saturate=saturate)
+        if op == DEQUANTIZE:
+            return kernels.dequantize(fmt, x, s, axis=ax)
+        return kernels.quantize(fmt, x, s, axis=ax, saturate=saturate).view(np.uint8)
+    except ValueError:
         return None
-    shape3 = (int(np.prod(x.shape[:ax])), scale.size, int(np.prod(x.shape[ax + 1:])))
-    x3, o3 = x.reshape(shape3), out.reshape(shape3)
-    if op == FAKE_QUANT:
-        k.fake_quant_axis(x3, scale, saturate, fid, o3)
-    elif op == DEQUANTIZE:
-        k.dequantize_axis(x3, scale, fid, o3)
-    else:
-        k.quantize_axis(x3, scale, saturate, fid, o3)
-    return out
 
 
 def _names_read(graph) -> set:
