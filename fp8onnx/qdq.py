@@ -112,21 +112,9 @@ def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, am
     s_name = names.tensor(f"{tensor}_scale")
     doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}; amax {_fmt_short(amax)}, scale {_fmt_short(float(scale))}"
     inits = [onnx.numpy_helper.from_array(scale, s_name)]
-    if native:
-        q_out, dq_out = names.tensor(f"{tensor}_q"), names.tensor(f"{tensor}_dq")
-        q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
-        q = helper.make_node("QuantizeLinear", [tensor, s_name, zp_name], [q_out],
-                             name=names.node(f"{tensor}_q"), **q_attrs)
-        dq = helper.make_node("DequantizeLinear", [q_out, s_name, zp_name], [dq_out],
-                              name=names.node(f"{tensor}_dq"))
-        q.doc_string = dq.doc_string = doc
-        nodes, out = [q, dq], dq_out
-    else:
-        out = names.tensor(f"{tensor}_fq")
-        fq = ops.make_fake_quant_node(tensor, s_name, out, format=fmt.name, saturate=saturate,
-                                      name=names.node(f"{tensor}_fq"))
-        fq.doc_string = doc
-        nodes = [fq]
+    nodes, out = _quantize_nodes(names, tensor, s_name, fmt, native, zp_name, saturate)
+    for n in nodes:
+        n.doc_string = doc
     return Built(out, nodes, inits, {"amax": float(amax), "scale": float(scale), "native": native})
 
 
@@ -150,18 +138,24 @@ def build_activation_dynamic(names: NameAllocator, tensor: str, fmt: _formats.Fo
         helper.make_node("Div", [amax, fmax], [raw], name=names.node(f"{tensor}_scale_raw")),
         helper.make_node("Max", [raw, tiny], [scale], name=names.node(f"{tensor}_scale")),
     ]
-    if native:
-        q_out, dq_out = names.tensor(f"{tensor}_q"), names.tensor(f"{tensor}_dq")
-        q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
-        nodes += [helper.make_node("QuantizeLinear", [tensor, scale, zp_name], [q_out],
-                                   name=names.node(f"{tensor}_q"), **q_attrs),
-                  helper.make_node("DequantizeLinear", [q_out, scale, zp_name], [dq_out],
-                                   name=names.node(f"{tensor}_dq"))]
-        out = dq_out
-    else:
-        out = names.tensor(f"{tensor}_fq")
-        nodes.append(ops.make_fake_quant_node(tensor, scale, out, format=fmt.name, saturate=saturate,
-                                              name=names.node(f"{tensor}_fq")))
+    q_nodes, out = _quantize_nodes(names, tensor, scale, fmt, native, zp_name, saturate)
+    nodes += q_nodes
     for n in nodes:
         n.doc_string = doc
     return Built(out, nodes, inits, {"dynamic": True, "native": native})
+
+
+def _quantize_nodes(names: NameAllocator, tensor: str, scale: str, fmt: _formats.Format, native: bool,
+                    zp_name: str, saturate: bool):
+    """(nodes, output) of ``DQ(Q(tensor, scale))``, or of one FakeQuant when not native."""
+    if native:
+        q_out, dq_out = names.tensor(f"{tensor}_q"), names.tensor(f"{tensor}_dq")
+        q_attrs = {"saturate": int(saturate)} if fmt.is_float else {}
+        q = helper.make_node("QuantizeLinear", [tensor, scale, zp_name], [q_out],
+                             name=names.node(f"{tensor}_q"), **q_attrs)
+        dq = helper.make_node("DequantizeLinear", [q_out, scale, zp_name], [dq_out],
+                              name=names.node(f"{tensor}_dq"))
+        return [q, dq], dq_out
+    out = names.tensor(f"{tensor}_fq")
+    return [ops.make_fake_quant_node(tensor, scale, out, format=fmt.name, saturate=saturate,
+                                     name=names.node(f"{tensor}_fq"))], out
