@@ -119,6 +119,28 @@ def test_evaluate_accepts_proto_bytes_and_path(digits_mlp, tmp_path):
         digits_mlp.evaluate(n=0)
 
 
+def test_calib_split_scores_calibration_images(digits_mlp):
+    """split="calib" reads the calibration images (agreement with FP32: they carry no
+    labels), and the entry goes back to the held-out split afterwards."""
+    model = digits_mlp.load()
+    w = model.graph.initializer[0]
+    arr = numpy_helper.to_array(w).copy()
+    arr[..., ::2] = 0  # damage, not destroy: some predictions flip
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    sess32, sess = zoo.ort_session(digits_mlp.load().SerializeToString()), zoo.ort_session(model.SerializeToString())
+    x = np.concatenate([f["input"] for f in digits_mlp.calib_feeds(128)])
+    want = float((sess.run(None, {"input": x})[0].argmax(1) == sess32.run(None, {"input": x})[0].argmax(1)).mean())
+    assert 0.3 < want < 1.0
+    assert digits_mlp.evaluate(model, n=128, split="calib") == pytest.approx(want)
+    assert digits_mlp.evaluate(n=128, split="calib") == 1.0
+    assert digits_mlp.split == "eval"
+    labels = digits_mlp.eval_labels(128)
+    x = np.concatenate([f["input"] for f in digits_mlp.eval_feeds(128)])
+    assert digits_mlp.evaluate(model, n=128) == pytest.approx(float((sess.run(None, {"input": x})[0].argmax(1) == labels).mean()))
+    with pytest.raises(ValueError, match="split 'test'"):
+        digits_mlp.evaluate(n=8, split="test")
+
+
 def test_digits_calib_and_eval_images_are_disjoint(digits_cnn):
     calib = np.concatenate([f["input"] for f in digits_cnn.calib_feeds(256)])
     test = np.concatenate([f["input"] for f in digits_cnn.eval_feeds(450)])

@@ -28,12 +28,14 @@ from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
-    "cache_dir", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
+    "SPLITS", "cache_dir", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
 ]
 
 Feeds = Dict[str, np.ndarray]
 ModelLike = Union[onnx.ModelProto, bytes, str, os.PathLike]
 SessionFactory = Callable[[bytes], Any]
+#: Data splits an entry can be scored on.
+SPLITS = ("eval", "calib")
 
 
 class ZooSkip(Fp8OnnxError):
@@ -106,6 +108,9 @@ class ZooEntry:
     metric_name: str = ""
     default_eval_n: int = 32
     requires: tuple = ()      # ((module, hint), ...)
+    #: The split ``_evaluate`` reads, set by ``evaluate(split=...)`` for the call's duration:
+    #: "eval" (held out) or "calib" (the calibration side, for tuning without touching "eval").
+    split: str = "eval"
 
     def __init__(self):
         self._model: Optional[onnx.ModelProto] = None
@@ -153,19 +158,32 @@ class ZooEntry:
         raise NotImplementedError
 
     def evaluate(self, model: Optional[ModelLike] = None, *, n: Optional[int] = None,
-                 session_factory: Optional[SessionFactory] = None) -> float:
-        """Task metric of ``model`` (default: the FP32 model) on ``n`` eval samples.
+                 session_factory: Optional[SessionFactory] = None, split: str = "eval") -> float:
+        """Task metric of ``model`` (default: the FP32 model) on ``n`` samples of ``split``.
 
         ``session_factory(model_bytes)`` must return an object with
-        ``.run(output_names, feeds)``; it defaults to onnxruntime on CPU.
+        ``.run(output_names, feeds)``; it defaults to onnxruntime on CPU. ``split="calib"``
+        scores on the calibration side, so that accuracy-aware tuning never sees the
+        held-out split it is reported on; entries whose calibration data has no labels
+        score agreement with FP32 there (their ``metric_name`` says so).
         """
+        if split not in SPLITS:
+            raise ValueError(f"evaluate: split {split!r}: choose one of {', '.join(SPLITS)}")
         self.check_available()
         n = self.default_eval_n if n is None else int(n)
         if n <= 0:
             raise ValueError(f"evaluate: n must be positive, got {n}")
         data = model_bytes(self._proto() if model is None else model)
         session = (session_factory or ort_session)(data)
-        return float(self._evaluate(session, n))
+        self.split = split
+        try:
+            return float(self._evaluate(session, n))
+        finally:
+            self.split = "eval"
+
+    def split_feeds(self, n: int) -> Iterator[Feeds]:
+        """Feeds of the split ``_evaluate`` is scoring (see ``evaluate(split=...)``)."""
+        return self.calib_feeds(n) if self.split == "calib" else self.eval_feeds(n)
 
     def _load(self) -> onnx.ModelProto:
         raise NotImplementedError
@@ -175,6 +193,7 @@ class ZooEntry:
 
     def _fp32_reference(self, key, compute: Callable[[Any], Any]):
         """``compute(fp32_session)`` once per key: FP32 outputs that agreement metrics compare to."""
+        key = ("fp32", self.split, key)
         if key not in self._ref_cache:
             self._ref_cache[key] = compute(ort_session(model_bytes(self._proto())))
         return self._ref_cache[key]

@@ -160,8 +160,8 @@ class MiniLMEntry(ZooEntry):
         return self._feeds(prose.sentences("eval", n))
 
     def embed(self, session, n: int) -> np.ndarray:
-        """n x 384 embeddings of the eval sentences, run by ``session``."""
-        return np.concatenate([session.run(["sentence_embedding"], f)[0] for f in self.eval_feeds(n)])
+        """n x 384 embeddings of the scored split's sentences, run by ``session``."""
+        return np.concatenate([session.run(["sentence_embedding"], f)[0] for f in self.split_feeds(n)])
 
     def _evaluate(self, session, n: int) -> float:
         ref = self._fp32_reference(("emb", n), lambda s: self.embed(s, n)).astype(np.float64)

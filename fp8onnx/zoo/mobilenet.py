@@ -198,7 +198,7 @@ class MobileNetV2Entry(ZooEntry):
         return self._feeds("eval", n)
 
     def logits(self, session, n: int) -> np.ndarray:
-        return np.concatenate([session.run(["logits"], f)[0] for f in self.eval_feeds(n)])
+        return np.concatenate([session.run(["logits"], f)[0] for f in self.split_feeds(n)])
 
     def _evaluate(self, session, n: int) -> float:
         ref = self._fp32_reference(("top1", n), lambda s: self.logits(s, n).argmax(1))

@@ -190,7 +190,7 @@ class OcrRecEntry(_Ocr):
         decode = self.decoder()
         # Trailing blanks the CTC head may emit carry no text: strip before comparing.
         scores = [char_accuracy(decode(session.run([out], feeds)[0]).strip(), truth)
-                  for feeds, truth in zip(self.eval_feeds(n), self.eval_texts(n))]
+                  for feeds, truth in zip(self.split_feeds(n), prose.lines(self.split, n, LINE_WIDTH))]
         return float(np.mean(scores))
 
 
@@ -219,7 +219,7 @@ class OcrClsEntry(_Ocr):
 
     def _labels(self, session, n: int) -> np.ndarray:
         _, out = self.io_names()
-        return np.array([session.run([out], f)[0].argmax(axis=1)[0] for f in self.eval_feeds(n)])
+        return np.array([session.run([out], f)[0].argmax(axis=1)[0] for f in self.split_feeds(n)])
 
     def _evaluate(self, session, n: int) -> float:
         ref = self._fp32_reference(("labels", n), lambda s: self._labels(s, n))
@@ -252,7 +252,7 @@ class OcrDetEntry(_Ocr):
         return self._feeds("eval", n)
 
     def read_pages(self, session, n: int) -> List[str]:
-        """Full OCR of ``n`` eval pages: ``session`` detects, FP32 PP-OCRv4 rec reads."""
+        """Full OCR of ``n`` pages of the scored split: ``session`` detects, FP32 PP-OCRv4 rec reads."""
         require("rapidocr_onnxruntime", HINT)
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
@@ -267,7 +267,7 @@ class OcrDetEntry(_Ocr):
         rec_in, _ = rec.io_names()
         _, out = self.io_names()
         texts = []
-        for page, feeds in zip(self._pages("eval", n), self.eval_feeds(n)):
+        for page, feeds in zip(self._pages(self.split, n), self.split_feeds(n)):
             prob = session.run([out], feeds)[0]
             boxes, _ = post(prob, page.shape[:2])
             boxes = sorted((b.astype(np.float32) for b in boxes), key=lambda b: (b[:, 1].min(), b[:, 0].min()))

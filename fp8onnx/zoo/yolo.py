@@ -177,13 +177,13 @@ class NudenetEntry(ZooEntry):
         return self._feeds("eval", n)
 
     def detect(self, session, n: int) -> List[List[dict]]:
-        """nudenet's detections on the first ``n`` eval images, run by ``session``."""
+        """nudenet's detections on the first ``n`` images of the scored split, run by ``session``."""
         self.check_available()
         from nudenet.nudenet import _postprocess
 
         _, out = self.io_names()
         dets = []
-        for img, feeds in zip(_images("eval"), self.eval_feeds(n)):
+        for img, feeds in zip(_images(self.split), self.split_feeds(n)):
             h, w = img.shape[:2]
             side = max(h, w)
             raw = session.run([out], feeds)
