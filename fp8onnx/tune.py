@@ -113,7 +113,7 @@ def _merge(base: dict, delta: dict) -> dict:
 
 class _Tuner:
     def __init__(self, model, calibration, eval_data, metric, target_loss, max_trials, base, compile_options,
-                 calib_samples, eval_samples, batch_size, cache, stages, sensitivity):
+                 calib_samples, eval_samples, batch_size, cache, stages, sensitivity, score=None):
         from . import modelio
 
         self.model = modelio.load_model(model)
@@ -121,6 +121,7 @@ class _Tuner:
         self.target, self.max_trials, self.base = target_loss, max_trials, base
         self.options, self.calib_samples, self.eval_samples = compile_options, calib_samples, eval_samples
         self.batch_size, self.cache, self.stages, self.sensitivity = batch_size, cache, stages, sensitivity
+        self.score = score
         self.history: List[Trial] = []
         self.best = None  # (loss, trial index, CompileResult): what is returned if no trial meets the target
         self.last = None  # the CompileResult of the last trial
@@ -137,9 +138,19 @@ class _Tuner:
         recipe = _merge(self.base, delta)
         res = compile_model(self.model, recipe=recipe, calibration=self.calibration, samples=self.calib_samples,
                             calib_cache=self.cache, **self.options)
-        ev = evaluate(self.model, res.model, self.eval_data, samples=self.eval_samples, metric=self.metric,
-                      per_layer=per_layer, batch_size=self.batch_size)
-        if self.metric is None:
+        ev = None
+        if self.score is None or per_layer:  # with a score function, eval_data serves only the per-layer order
+            ev = evaluate(self.model, res.model, self.eval_data, samples=self.eval_samples, metric=self.metric,
+                          per_layer=per_layer, batch_size=self.batch_size)
+        if self.score is not None:
+            if self.metric_fp32 is None:
+                self.metric_fp32 = float(self.score(self.model))
+                if not self.metric_fp32 > 0:
+                    raise UserError(f"the score of the FP32 model is {self.metric_fp32}, so a relative loss is "
+                                    "undefined: pass a score that is positive on the FP32 model")
+            metric = float(self.score(res.model))
+            loss = (self.metric_fp32 - metric) / self.metric_fp32
+        elif self.metric is None:
             metric, loss = ev.fidelity, 1.0 - ev.fidelity
             self.metric_fp32 = 1.0
         else:
@@ -228,15 +239,20 @@ def _sensitive_anchors(plan, ev, by: str = "local") -> List[str]:
     return sorted(score, key=lambda a: (score[a], a))
 
 
-def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=None, max_trials: int = 24,
-         base_recipe=None, calib_samples: Optional[int] = None, eval_samples: Optional[int] = None,
-         batch_size: int = 1, stages=STAGES, sensitivity: str = "local", **compile_options) -> TuneResult:
+def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=None, score=None,
+         max_trials: int = 24, base_recipe=None, calib_samples: Optional[int] = None,
+         eval_samples: Optional[int] = None, batch_size: int = 1, stages=STAGES, sensitivity: str = "local",
+         **compile_options) -> TuneResult:
     """Find the recipe with the most FP8 whose relative loss is within ``target_loss``.
 
     ``metric``: as for :func:`fp8onnx.evaluate` (``metric(outputs, targets) -> float`` or
     ``PerSample``, higher is better); None uses output fidelity (loss = 1 - top-1
-    agreement with FP32 for classifiers, 1 - cosine otherwise). ``eval_data``: any form
-    evaluate accepts, read once per trial (a one-shot iterator is read into a list).
+    agreement with FP32 for classifiers, 1 - cosine otherwise). ``score``: instead of
+    ``metric``, a function of a whole model, ``score(model_proto) -> float`` (higher is
+    better), for task metrics that need a pipeline around the model (OCR, detection); the
+    loss is relative to ``score`` of the FP32 model, and ``eval_data`` then only feeds the
+    per-layer sensitivity of the first trial. ``eval_data``: any form evaluate accepts, read
+    once per trial (a one-shot iterator is read into a list).
     ``base_recipe`` and ``compile_options`` are what every trial starts from.
     ``stages``: which of ``"format"``, ``"op_type"``, ``"node"`` to try (e.g. only
     ``("node",)`` for hardware with one FP8 format). ``sensitivity``: the node order,
@@ -252,6 +268,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
         raise UserError(f"tuning stages {list(stages)}: choose from {', '.join(STAGES)}")
     if sensitivity not in ("local", "accumulated"):
         raise UserError(f"sensitivity {sensitivity!r}: choose 'local' or 'accumulated'")
+    if score is not None and metric is not None:
+        raise UserError("pass either metric (per batch of outputs) or score (per model), not both")
     if int(max_trials) < 1:
         raise UserError(f"max_trials {max_trials}: give at least 1")
     base = make_recipe(base_recipe, **{k: compile_options.pop(k) for k in list(compile_options)
@@ -266,7 +284,7 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     try:
         tuner = _Tuner(model, calibration, eval_data, metric, float(target_loss), int(max_trials), base,
                        compile_options, calib_samples, eval_samples, batch_size, os.path.join(tmp, "stats.npz"),
-                       tuple(stages), sensitivity)
+                       tuple(stages), sensitivity, score)
         delta, chosen = tuner.tune()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

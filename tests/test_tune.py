@@ -51,6 +51,29 @@ def test_tune_reaches_a_target_plain_e5m2_misses(count_collections):
     assert len(count_collections) == 1  # one statistics collection, reused by every trial
 
 
+def test_tune_with_a_score_of_the_whole_model():
+    """score(model) replaces the per-batch metric: every trial is scored by calling it on the
+    compiled model, the loss is relative to score(FP32), and eval_data only orders nodes."""
+    scored = []
+
+    def score(model):
+        scored.append(model)
+        return accuracy(model)
+
+    target = 0.003
+    r = tune(CNN, CALIB, CALIB, score=score, target_loss=target, base_recipe={"format": "e5m2"}, max_trials=12)
+    fp32 = accuracy(onnx.load(CNN))
+    assert r.metric_fp32 == pytest.approx(fp32) and len(scored) == len(r.history) + 1  # + the FP32 model
+    assert r.history[0].loss > target and r.met_target and r.loss <= target
+    assert (fp32 - accuracy(r.model)) / fp32 == pytest.approx(r.loss)
+    for t, m in zip(r.history, scored[1:]):
+        assert t.metric == pytest.approx(accuracy(m))
+    with pytest.raises(Exception, match="either metric .* or score"):
+        tune(CNN, CALIB, CALIB, score=score, metric=ACCURACY)
+    with pytest.raises(Exception, match="score of the FP32 model is 0"):
+        tune(CNN, CALIB, CALIB, score=lambda m: 0.0)
+
+
 def fp8onnx_recipe(model):
     return json.loads(next(p.value for p in model.metadata_props if p.key == "fp8onnx.recipe"))
 
