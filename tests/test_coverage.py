@@ -71,7 +71,7 @@ def _png_ok(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("coverage")
-    configs = ["fp32", "e4m3-std", "e9m9-std", "peer"]  # e9m9: not a format, must fail
+    configs = ["fp32", "e4m3-std", "e9m9-std", "peer", "e5m2-std-tuned"]  # e9m9: not a format, must fail
     specs, skipped = cov.plan_jobs([zoo.get("digits_mlp")], configs, calib_samples=8, eval_samples=64)
     launcher = CountingLauncher()
     launched = cov.run_sweep(specs, skipped, out, jobs=2, timeout=600, launcher=launcher, log=lambda *a: None)
@@ -82,9 +82,9 @@ def sweep(tmp_path_factory):
 
 def test_rows_are_complete(sweep):
     rows = {r["config"]: r for r in sweep["rows"]}
-    assert set(rows) == {"fp32", "e4m3-std", "e9m9-std", "peer"}
-    assert len(sweep["launcher"].calls) == 4
-    for cfg in ("fp32", "e4m3-std", "peer"):
+    assert set(rows) == {"fp32", "e4m3-std", "e9m9-std", "peer", "e5m2-std-tuned"}
+    assert len(sweep["launcher"].calls) == 5
+    for cfg in ("fp32", "e4m3-std", "peer", "e5m2-std-tuned"):
         r = rows[cfg]
         assert r["status"] == "ok", r
         for key in OK_FIELDS:
@@ -106,7 +106,7 @@ def test_failed_job_is_recorded_and_the_rest_continue(sweep):
     rows = {r["config"]: r for r in sweep["rows"]}
     bad = rows["e9m9-std"]
     assert bad["status"].startswith("failed: ") and "e9m9" in bad["status"]
-    assert sum(r["status"] == "ok" for r in sweep["rows"]) == 3
+    assert sum(r["status"] == "ok" for r in sweep["rows"]) == 4
     assert "e9m9-std" in sweep["md"] and "## Failed jobs" in sweep["md"]
 
 
@@ -128,6 +128,23 @@ def test_markdown_counts_equal_a_recount(sweep):
     peer = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| defaults"))
     assert peer.split("|")[2].strip().startswith(f"{within('peer')}/1 ")
     assert "| standard + BN calib | not run |" in sweep["md"]
+
+
+def test_tuned_row_reports_its_search(sweep):
+    """The tuned job scores trials on the calibration split and reports what fell back to
+    float; its row's metric is still the held-out one."""
+    by = {r["config"]: r for r in sweep["rows"]}
+    t = by["e5m2-std-tuned"]["tune"]
+    gemms = sum(n.op_type == "MatMul" for n in zoo.get("digits_mlp").load().graph.node)
+    assert 1 <= t["trials"] <= 24 and t["weights_fp8_untuned"] == gemms == 3
+    if not t["op_types"]:  # only node fallbacks: each one is a MatMul whose weight stays float
+        assert t["weights_fp8"] == gemms - len(t["nodes_float"])
+    assert t["met_on_calib"] == (t["calib_loss"] <= 0.01)
+    line = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| standard + accuracy-aware tuning |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    fp32 = by["fp32"]["metric"]
+    assert cells[1].startswith(f"{int((fp32 - by['e5m2-std-tuned']['metric']) / fp32 <= 0.01)}/1 ")
+    assert "best of all five settings" in sweep["md"]
 
 
 def test_pngs_are_valid(sweep):
@@ -186,9 +203,11 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 3 + 2 and names[0] == "fp32"
     assert cov.config_spec("e3m4-ext-bn") == {"kind": "ours", "format": "e3m4", "scheme": "extended",
                                               "bn_calib": True}
+    assert cov.config_spec("int8-std-tuned")["kind"] == "tuned"
+    assert {cov.config_spec(n)["kind"] for n in names} == {"fp32", "ours", "tuned", "peer"}
     with pytest.raises(ValueError, match="unknown configuration"):
         cov.config_spec("e4m3-wide")
 

@@ -53,6 +53,9 @@ __all__ = ["FORMATS", "SCHEMES", "QUICK_MODELS", "plan_jobs", "launch", "run_swe
            "job_key", "main"]
 
 FORMATS = ("e5m2", "e4m3", "e3m4", "int8")
+#: Formats the accuracy-aware tuning setting runs from (E5M2 is nobody's inference format).
+TUNED_FORMATS = ("e4m3", "e3m4", "int8")
+TUNE_TRIALS = 24
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
@@ -60,11 +63,13 @@ QUICK_SAMPLES = (16, 64)  # calibration, evaluation samples for --quick
 
 
 def config_names(with_peer: bool = True) -> List[str]:
-    """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), peers."""
+    """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), ours tuned
+    (fmt-std-tuned), peers."""
     names = ["fp32"]
     for scheme in SCHEMES.values():
         for bn in ("", "-bn"):
             names += [f"{fmt}-{scheme}{bn}" for fmt in FORMATS]
+    names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     return names + (list(PEERS) if with_peer else [])
 
 
@@ -76,8 +81,12 @@ def config_spec(config: str) -> dict:
         return {"kind": "peer", "peer_variant": PEERS[config]}
     parts = config.split("-")
     scheme = {v: k for k, v in SCHEMES.items()}.get(parts[1] if len(parts) > 1 else "")
-    if len(parts) not in (2, 3) or scheme is None or (len(parts) == 3 and parts[2] != "bn"):
-        raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or FORMAT-std|ext[-bn]")
+    if len(parts) not in (2, 3) or scheme is None or (len(parts) == 3 and parts[2] not in ("bn", "tuned")):
+        raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
+                         "FORMAT-std|ext[-bn|-tuned]")
+    if len(parts) == 3 and parts[2] == "tuned":
+        return {"kind": "tuned", "format": parts[0], "scheme": scheme, "bn_calib": False,
+                "max_trials": TUNE_TRIALS, "target_loss": 0.01}
     return {"kind": "ours", "format": parts[0], "scheme": scheme, "bn_calib": len(parts) == 3}
 
 
