@@ -27,6 +27,8 @@ ppocr_cls          PP-OCR cls (rapidocr)       rendered lines, half upside down 
 nudenet_yolov8n    YOLOv8n (nudenet)           scikit-image photos, LFW faces   box F1 vs FP32
 minilm_l6          all-MiniLM-L6-v2 (gt-...)   CPython doc sentences            cosine vs FP32
 mobilenet_v2       ImageNet MobileNetV2 (fdet) scikit-image photos, 10 views    top-1 agreement
+magika_v3          Magika file types (magika)  stdlib + dev-extra package files top-1 acc. vs extension
+silero_vad         Silero VAD, LSTM (silero..) espeak-ng prose + real sounds    speech F1 vs FP32
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -43,6 +45,8 @@ from .ocr import ocr_entries
 from .minilm import minilm_entries
 from .mobilenet import mobilenet_entries
 from .yolo import yolo_entries
+from .magika import magika_entries
+from .vad import vad_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -52,7 +56,7 @@ def _registry() -> Dict[str, ZooEntry]:
     # Built on each call: entries hold caches (models, FP32 references), none is module state.
     out: Dict[str, ZooEntry] = {}
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
-                  + mobilenet_entries()):
+                  + mobilenet_entries() + magika_entries() + vad_entries()):
         out[entry.name] = entry
     return out
 
