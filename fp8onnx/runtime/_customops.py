@@ -42,6 +42,13 @@ _GetCount = ctypes.CFUNCTYPE(c_size_t, _P)
 _GetInt = ctypes.CFUNCTYPE(c_int, _P)
 _CreateKernelV2 = ctypes.CFUNCTYPE(_P, _P, _P, _P, ctypes.POINTER(_P))
 _KernelDestroy = ctypes.CFUNCTYPE(None, _P)
+_GetMayInplace = ctypes.CFUNCTYPE(c_size_t, ctypes.POINTER(_P), ctypes.POINTER(_P))
+_ReleaseMayInplace = ctypes.CFUNCTYPE(None, _P, _P)
+# Ops whose output may reuse the input's buffer, as (input, output) index pairs: the
+# FakeQuant loops read x[i] before writing y[i] and nothing else, so y may be x. ONNX
+# Runtime then writes in place when nothing else reads x, which saves an allocation and
+# a second buffer's worth of cache traffic per activation.
+_MAY_INPLACE = {FAKE_QUANT: ((0, 0),)}
 
 
 class OrtCustomOp(ctypes.Structure):
@@ -87,6 +94,19 @@ class _Op:
             "GetStartVersion": _GetInt(lambda op: 1),
             "GetEndVersion": _GetInt(lambda op: 2**31 - 1),
         }
+        pairs = _MAY_INPLACE.get(name, ())
+        if pairs:
+            # ONNX Runtime reads the two arrays, then hands them back to ReleaseMayInplace;
+            # they are ours and live as long as the op, so releasing is a no-op.
+            self._inplace = [(ctypes.c_int * len(pairs))(*(p[k] for p in pairs)) for k in (0, 1)]
+
+            def may_inplace(inputs, outputs):
+                inputs[0] = ctypes.addressof(self._inplace[0])
+                outputs[0] = ctypes.addressof(self._inplace[1])
+                return len(pairs)
+
+            cb["GetMayInplace"] = _GetMayInplace(may_inplace)
+            cb["ReleaseMayInplace"] = _ReleaseMayInplace(lambda inputs, outputs: None)
         self.struct = OrtCustomOp(version=_capi.ORT_API_VERSION)
         for field, fn in cb.items():
             setattr(self.struct, field, ctypes.cast(fn, _P).value)

@@ -21,7 +21,9 @@ session at the same time.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import tempfile
 from ctypes import c_char_p, c_int, c_int64, c_size_t, c_void_p
 from dataclasses import dataclass, field
 
@@ -30,6 +32,9 @@ import onnx
 
 from . import _capi
 from .fold import fold_constant_ops
+from .layout import fake_quant_in_blocked_layout, has_activation_fake_quant
+
+log = logging.getLogger(__name__)
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata", "FP8_UNSAFE_OPTIMIZERS"]
 
@@ -92,7 +97,8 @@ def _os_path(path):
 
 
 def _folded(model):
-    """``model`` with constant ai.fp8onnx nodes folded, as bytes (or as given when none)."""
+    """``(model, proto)``: ``model`` with constant ai.fp8onnx nodes folded (as given when
+    none), and its ModelProto when one was read (None for a path with external data)."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         proto = onnx.load_from_string(bytes(model))
     elif isinstance(model, onnx.ModelProto):
@@ -100,12 +106,25 @@ def _folded(model):
     else:
         path = os.fspath(model)
         if not os.path.exists(path):
-            return model  # reported by _create
+            return model, None  # reported by _create
         proto = onnx.load(path, load_external_data=False)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            return model  # external data is resolved relative to the path: keep it
+            return model, None  # external data is resolved relative to the path: keep it
     result, n = fold_constant_ops(proto)
-    return result if n else model
+    return (result if n else model), result
+
+
+def _level(so) -> int:
+    """The C API's GraphOptimizationLevel of ``so`` (ORT_ENABLE_ALL when None)."""
+    if so is None:
+        return 99
+    level = so.graph_optimization_level
+    return _OPT_LEVELS.get(getattr(level, "name", ""), int(getattr(level, "value", 99)))
+
+
+def _optimizes_layout(so) -> bool:
+    """Whether ``so`` lets ONNX Runtime run its layout (NCHWc) transformer."""
+    return _level(so) >= 3
 
 
 #: onnxruntime rewrites that are only valid for integer Q/DQ and change FP8 results: e.g.
@@ -127,12 +146,18 @@ class InferenceSession:
     ``disabled_optimizers``: names of ONNX Runtime graph rewrites to skip, as in
     onnxruntime; by default :data:`FP8_UNSAFE_OPTIMIZERS`, the rewrites that change the
     result of FP8 Q/DQ graphs (pass ``()`` to keep every rewrite).
+    ``blocked_fake_quant``: when the model has activation FakeQuants and every graph
+    optimization is on, let them run on ONNX Runtime's channel-blocked (NCHWc) tensors
+    instead of reordering each one out of and back into that layout around every Conv
+    (see :mod:`fp8onnx.runtime.layout`; costs a second graph optimization at creation,
+    results are bit-identical).
     Errors raise :class:`fp8onnx.runtime.OrtError` (``OrtUserError``, a ``UserError``,
     when the model or the inputs are at fault), with ONNX Runtime's message.
     """
 
     def __init__(self, model_or_path, sess_options=None, providers=None, provider_options=None,
-                 *, fold_constants=True, disabled_optimizers=FP8_UNSAFE_OPTIMIZERS, **kwargs):
+                 *, fold_constants=True, disabled_optimizers=FP8_UNSAFE_OPTIMIZERS,
+                 blocked_fake_quant=True, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         for p in providers or ():
@@ -145,17 +170,25 @@ class InferenceSession:
         self._api = api = _capi.api()
         self._domain = _customops.domain()  # keeps the op structures alive with the session
         self._session = None
-        if fold_constants:
-            model_or_path = _folded(model_or_path)
+        #: How many FakeQuant nodes run on blocked tensors (see ``blocked_fake_quant``).
+        self.blocked_fake_quants = 0
+        proto = None  # read to look for FakeQuants (folding leaves activation ones alone)
+        if fold_constants or blocked_fake_quant:
+            folded, proto = _folded(model_or_path)
+            if fold_constants:
+                model_or_path = folded
         options = api.out(api.CreateSessionOptions)
         try:
             self._apply_options(options, sess_options)
-            if disabled_optimizers:
-                # What onnxruntime.InferenceSession(disabled_optimizers=...) does, as a
-                # session config entry the C API accepts.
-                api.check(api.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
-                                                    ";".join(disabled_optimizers).encode()))
-            api.check(api.AddCustomOpDomain(options, self._domain.handle))
+            self._common_options(options, disabled_optimizers)
+            if (blocked_fake_quant and proto is not None and _optimizes_layout(sess_options)
+                    and has_activation_fake_quant(proto)):
+                blocked = self._blocked(model_or_path, sess_options, disabled_optimizers)
+                if blocked is not None:
+                    # The graph is ONNX Runtime's own optimized one: optimizing it again
+                    # would only redo the work.
+                    model_or_path = blocked
+                    api.check(api.SetSessionGraphOptimizationLevel(options, 0))
             self._session = self._create(options, model_or_path)
         finally:
             api.ReleaseSessionOptions(options)
@@ -167,6 +200,52 @@ class InferenceSession:
         self._name_arrays = {}
 
     # -- creation ------------------------------------------------------------------------
+    def _common_options(self, options, disabled_optimizers):
+        api = self._api
+        if disabled_optimizers:
+            # What onnxruntime.InferenceSession(disabled_optimizers=...) does, as a
+            # session config entry the C API accepts.
+            api.check(api.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
+                                                ";".join(disabled_optimizers).encode()))
+        api.check(api.AddCustomOpDomain(options, self._domain.handle))
+
+    def _blocked(self, model, so, disabled_optimizers):
+        """ONNX Runtime's optimized graph of ``model`` with FakeQuants moved into the NCHWc
+        layout (see layout.py), or None when none moved or anything failed (the session
+        is then built the usual way, so this never costs correctness)."""
+        api = self._api
+        options = api.out(api.CreateSessionOptions)
+        session = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="fp8onnx_layout_") as tmp:
+                path = os.path.join(tmp, "optimized.onnx")
+                api.check(api.SetIntraOpNumThreads(options, 1))  # no thread pool needed
+                api.check(api.SetInterOpNumThreads(options, 1))
+                # Error level: ONNX Runtime warns that the NCHWc graph fits this machine
+                # only, which is all it is used for.
+                api.check(api.SetSessionLogSeverityLevel(options, 3))
+                api.check(api.SetSessionGraphOptimizationLevel(options, _level(so)))
+                if so is not None and not so.enable_cpu_mem_arena:
+                    api.check(api.DisableCpuMemArena(options))
+                self._common_options(options, disabled_optimizers)
+                path_arg = _os_path(path)
+                api.check(api.SetOptimizedModelFilePath(options, path_arg))
+                session = self._create(options, model)
+                api.ReleaseSession(session)
+                session = None
+                optimized = onnx.load(path)
+            optimized, moved = fake_quant_in_blocked_layout(optimized)
+        except Exception as e:  # e.g. a model over 2 GB that ONNX Runtime cannot save inline
+            log.debug("NCHWc FakeQuant rewrite skipped: %s", e)
+            return None
+        finally:
+            if session:
+                api.ReleaseSession(session)
+            api.ReleaseSessionOptions(options)
+        self.blocked_fake_quants = moved
+        log.debug("%d FakeQuant nodes run on NCHWc tensors", moved)
+        return optimized if moved else None
+
     def _apply_options(self, options, so):
         api = self._api
         if so is None:
@@ -177,9 +256,7 @@ class InferenceSession:
         api.check(api.SetInterOpNumThreads(options, int(so.inter_op_num_threads)))
         api.check(api.SetSessionExecutionMode(options, int(getattr(so.execution_mode, "value",
                                                                    so.execution_mode))))
-        level = so.graph_optimization_level
-        api.check(api.SetSessionGraphOptimizationLevel(
-            options, _OPT_LEVELS.get(getattr(level, "name", ""), int(getattr(level, "value", 99)))))
+        api.check(api.SetSessionGraphOptimizationLevel(options, _level(so)))
         api.check(api.SetSessionLogSeverityLevel(options, int(so.log_severity_level)))
         if not so.enable_cpu_mem_arena:
             api.check(api.DisableCpuMemArena(options))
