@@ -37,7 +37,7 @@ def test_registry_lists_entries_and_rejects_unknown_name():
 def test_entry_metadata(name):
     e = zoo.get(name)
     assert e.name == name
-    assert e.domain in {"cv", "nlp", "audio"}
+    assert e.domain in {"cv", "nlp", "audio", "bytes"}
     assert e.family in {"cnn", "transformer", "rnn", "mlp"}
     assert e.source and e.metric_name
     assert e.install_hint == "" or e.install_hint.startswith("pip install ")
@@ -53,7 +53,7 @@ def test_entry_loads_checked_fp32_model(zoo_entry, name):
     assert len(e.load().graph.node) == len(model.graph.node) + 1
     inp, _ = e.io_names()
     feeds = next(iter(e.calib_feeds(1)))
-    assert inp in feeds and feeds[inp].dtype in (np.float32, np.int64)
+    assert inp in feeds and feeds[inp].dtype in (np.float32, np.int64, np.int32)  # magika: int32 bytes
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -117,6 +117,27 @@ def test_evaluate_accepts_proto_bytes_and_path(digits_mlp, tmp_path):
     assert digits_mlp.evaluate(str(tmp_path / "m.onnx"), n=200) == want
     with pytest.raises(ValueError, match="n must be positive"):
         digits_mlp.evaluate(n=0)
+
+
+def test_session_for_sees_custom_ops_inside_subgraphs():
+    """A model whose ai.fp8onnx ops all sit in If branches still gets the runtime session."""
+    from onnx import helper
+
+    from fp8onnx.runtime import InferenceSession
+    from fp8onnx.zoo.fp8eval import session_for
+
+    branch = lambda v: helper.make_graph(  # noqa: E731
+        [helper.make_node("FakeQuant", ["x", "s"], [f"y{v}"], domain="ai.fp8onnx", format="e3m4")],
+        f"b{v}", [], [helper.make_tensor_value_info(f"y{v}", onnx.TensorProto.FLOAT, [2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=branch(1), else_branch=branch(2))],
+                          "g", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+                                helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.array(0.5, np.float32), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("ai.fp8onnx", 1)])
+    assert session_for(m) is InferenceSession
+    y = InferenceSession(m.SerializeToString()).run(None, {"c": np.array(True), "x": np.array([1.03, -7.0], np.float32)})[0]
+    assert y.tolist() == [1.0, -7.0]  # E3M4 at scale 0.5: 2.06 -> 2.0 (step 0.125), -14 exact
 
 
 def test_calib_split_scores_calibration_images(digits_mlp):

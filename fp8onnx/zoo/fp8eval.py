@@ -22,9 +22,11 @@ __all__ = ["fp8_vs_fp32", "session_for"]
 
 
 def session_for(model: onnx.ModelProto):
-    """Session factory fit for ``model``: fp8onnx's runtime if it has ai.fp8onnx ops."""
-    domains = {n.domain for n in model.graph.node}
-    if "ai.fp8onnx" in domains:
+    """Session factory fit for ``model``: fp8onnx's runtime if it has ai.fp8onnx ops
+    anywhere, If/Loop subgraphs included (silero_vad's ops all sit in If branches)."""
+    from ..evaluation.data import has_custom_ops
+
+    if has_custom_ops(model):
         from ..runtime import InferenceSession
 
         return InferenceSession
