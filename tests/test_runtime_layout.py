@@ -161,3 +161,23 @@ def test_real_models_same_outputs_with_fewer_reorders(zoo_entry, name, fmt):
     assert blocked.blocked_fake_quants >= 2
     for feed in e.eval_feeds(4):
         assert _same(blocked.run(None, feed), plain.run(None, feed))
+
+
+@needs_nchwc
+def test_paths_bytes_and_a_failing_rewrite(tmp_path, monkeypatch):
+    import fp8onnx.runtime.layout as layout
+
+    model = conv_chain()
+    x = (RNG.standard_normal((1, 16, 12, 12))).astype(np.float32)
+    ref = InferenceSession(model, blocked_fake_quant=False).run(None, {"x": x})
+    onnx.save(model, tmp_path / "m.onnx")
+    for source in (str(tmp_path / "m.onnx"), model.SerializeToString()):
+        sess = InferenceSession(source)
+        assert sess.blocked_fake_quants == 2 and _same(sess.run(None, {"x": x}), ref)
+
+    def broken(m):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(layout, "fake_quant_in_blocked_layout", broken)
+    sess = InferenceSession(model)  # falls back to the usual session
+    assert sess.blocked_fake_quants == 0 and _same(sess.run(None, {"x": x}), ref)

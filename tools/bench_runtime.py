@@ -12,8 +12,20 @@ model vs the same model with FakeQuant on every weight (per channel) and activat
 tensor), vs the native FP8 QDQ model; medians and ratios to the float model. Timings are
 taken round-robin so the noise of a shared machine falls on every variant alike.
 
+Part 3 (``--zoo``), real CNNs of the zoo compiled with their calibration data: the float
+model vs emulated E3M4 and E4M3 (``emit="emulate"``: FakeQuant activations, folded
+weights; also E3M4 with ``blocked_fake_quant=False``, the FakeQuants reordered out of
+and back into onnxruntime's NCHWc layout around every Conv) vs onnxruntime's own E4M3
+QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrites off
+so that it computes the right thing), at 1 and 2 threads. Each repeat runs every
+variant once, in turn (several calls per sample for small models); the figure is the
+median over repeats of time / float time of the same repeat. ``--profile`` adds each
+variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler).
+
     python tools/bench_runtime.py            # 16M elements, 15 repeats
     python tools/bench_runtime.py --elements 4194304 --repeats 7
+    python tools/bench_runtime.py --zoo --repeats 21          # only part 3, all CNNs
+    python tools/bench_runtime.py --zoo ppocr_cls mobilenet_v2 --threads 1 --profile
 """
 from __future__ import annotations
 
@@ -268,16 +280,152 @@ def profile_cnn(runs=30):
                 f"{op} {t / 1e3:.2f}" for op, t in sorted(totals.items(), key=lambda kv: -kv[1])))
 
 
+ZOO_CNNS = ("digits_cnn", "ppocr_cls", "ppocr_rec", "ppocr_det", "mobilenet_v2", "nudenet_yolov8n")
+ZOO_BATCH = {"digits_cnn": 64}  # samples in the timed feed (8x8 digits: one is too small to time)
+
+
+def zoo_variants(name):
+    """(feed, {label: model}) of zoo entry ``name``: float, E3M4/E4M3 emulated, E4M3 QDQ."""
+    import fp8onnx
+    from fp8onnx import zoo
+
+    e = zoo.get(name)
+    model = e.load()
+    calib = list(e.calib_feeds(16))
+    feed = next(iter(e.eval_feeds(ZOO_BATCH.get(name, 1))))
+    out = {"float": model}
+    for fmt, emit in (("e3m4", "emulate"), ("e4m3", "emulate"), ("e4m3", "qdq")):
+        out[f"{fmt} {emit}"] = fp8onnx.compile_model(model, format=fmt, calibration=calib, emit=emit).model
+    return feed, out
+
+
+def zoo_sessions(models, threads, profile_dir=None):
+    """{label: session}: the float model in onnxruntime, the rest as described in Part 3."""
+    from fp8onnx.runtime import FP8_UNSAFE_OPTIMIZERS
+
+    def so(tag):
+        o = options(threads)
+        if profile_dir:
+            o.enable_profiling = True
+            o.profile_file_prefix = os.path.join(profile_dir, tag)
+            o.optimized_model_filepath = os.path.join(profile_dir, f"{tag}.onnx")
+        return o
+
+    def ort_session(model, tag):
+        return ort.InferenceSession(model.SerializeToString(), so(tag), providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(FP8_UNSAFE_OPTIMIZERS))
+
+    return {
+        "float (onnxruntime)": ort_session(models["float"], "float"),
+        "E3M4 emulated": InferenceSession(models["e3m4 emulate"], so("e3m4")),
+        "E4M3 emulated": InferenceSession(models["e4m3 emulate"], so("e4m3")),
+        "E3M4 emulated, NCHWc reorders kept": InferenceSession(models["e3m4 emulate"], so("e3m4_reorders"),
+                                                               blocked_fake_quant=False),
+        "E4M3 QDQ (onnxruntime)": ort_session(models["e4m3 qdq"], "qdq"),
+    }
+
+
+def ratio_medians(sessions, feed, repeats):
+    """Per session: (median wall seconds, median over repeats of wall / first session's
+    wall, the same for thread CPU time, fastest wall / first session's fastest wall),
+    each repeat running every session in turn.
+
+    With one intra-op thread onnxruntime runs the graph on the calling thread, so its
+    CPU time (``time.thread_time``) leaves out the time the OS gave to other processes:
+    on a shared machine that ratio is the steadier one; with more threads only the wall
+    ratio means anything. The fastest-run ratio shows what a quiet machine would see
+    (other processes only ever add time).
+    """
+    fns = [lambda s=s: s.run(None, feed) for s in sessions.values()]
+    for fn in fns:
+        for _ in range(3):
+            fn()  # warm up: compile, arena growth, pre-packing
+    t = time.perf_counter()
+    fns[0]()
+    # Short samples (~3 ms): a time slice lost to another process spoils few of them.
+    inner = max(1, int(0.003 / max(time.perf_counter() - t, 1e-6)))
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, w, c in zip(fns, wall, cpu):
+            t, tc = time.perf_counter(), time.thread_time()
+            for _ in range(inner):
+                fn()
+            c.append((time.thread_time() - tc) / inner)
+            w.append((time.perf_counter() - t) / inner)
+    return [(statistics.median(w), statistics.median(a / b for a, b in zip(w, wall[0])),
+             statistics.median(a / b for a, b in zip(c, cpu[0])), min(w) / min(wall[0]))
+            for w, c in zip(wall, cpu)]
+
+
+def profile_line(label, session, profile_dir, tag):
+    """Reorder node count in the optimized graph and FakeQuant / Conv kernel time."""
+    import collections
+    import json
+
+    import onnx
+
+    events = json.load(open(session.end_profiling()))
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    graph = onnx.load(os.path.join(profile_dir, f"{tag}.onnx"), load_external_data=False).graph
+    reorders = sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in graph.node)
+    total = sum(per_op.values()) or 1
+    share = ", ".join(f"{op} {100 * per_op[op] / total:.0f}%" for op in
+                      ("Conv", "FakeQuant", "ReorderInput", "ReorderOutput", "QuantizeLinear",
+                       "DequantizeLinear") if per_op[op])
+    print(f"    {label:38s} {reorders:4d} Reorder nodes; kernel time: {share}")
+
+
+def part3(names, threads_list, repeats, profile):
+    import tempfile
+
+    from fp8onnx import zoo
+
+    print(f"\nPart 3: zoo CNNs, median over {repeats} interleaved repeats of time / float time")
+    for name in names:
+        try:
+            feed, models = zoo_variants(name)
+        except zoo.ZooSkip as e:
+            print(f"{name}: {e}")
+            continue
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feed.items())
+        for threads in threads_list:
+            sessions = zoo_sessions(models, threads)
+            rows = ratio_medians(sessions, feed, repeats)
+            print(f"\n{name} ({shapes}), {threads} thread{'s' if threads > 1 else ''}"
+                  f"{'':{max(0, 14 - len(shapes))}s}     wall ms  wall/float  fastest/float"
+                  + ("  cpu/float" if threads == 1 else ""))
+            for (label, _), (t, r, rc, rmin) in zip(sessions.items(), rows):
+                print(f"  {label:38s} {t * 1e3:9.3f} {r:10.2f}x {rmin:13.2f}x"
+                      + (f" {rc:9.2f}x" if threads == 1 else ""))
+            if profile:  # separate sessions: the profiler's own cost stays out of the timings
+                with tempfile.TemporaryDirectory() as tmp:
+                    profiled = zoo_sessions(models, threads, tmp)
+                    for (label, sess), tag in zip(profiled.items(), ("float", "e3m4", "e4m3", "e3m4_reorders", "qdq")):
+                        for _ in range(10):
+                            sess.run(None, feed)
+                        profile_line(label, sess, tmp, tag)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--elements", type=int, default=16 * 2**20)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--profile", action="store_true",
-                    help="also print the CNN's per-op time from onnxruntime's profiler")
+                    help="also print per-op time from onnxruntime's profiler")
+    ap.add_argument("--zoo", nargs="*", metavar="NAME",
+                    help=f"run only Part 3 on these zoo CNNs (default: {' '.join(ZOO_CNNS)})")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="Part 3 thread counts")
     args = ap.parse_args(argv)
     if args.elements % (256 * 1024):
         ap.error("--elements must be a multiple of 262144 (256 channels x 1024)")
     print(f"onnxruntime {ort.__version__}")
+    if args.zoo is not None:
+        part3(args.zoo or ZOO_CNNS, args.threads, args.repeats, args.profile)
+        return
     part1(args.elements, args.repeats)
     rng = np.random.default_rng(2)
     part2(args.repeats, "CNN, 3 Conv(+Relu) + GlobalAveragePool + 2 MatMul, input 8x3x64x64",

@@ -6,7 +6,7 @@ It knows nothing of custom ops, so every activation FakeQuant between two Convs 
 ``ReorderOutput -> FakeQuant -> ReorderInput`` around it: two extra passes over the
 tensor besides the fake-quant itself. On MobileNetV2 (E3M4, one thread, 51 such
 triples) the reorders cost 3.3-4.3 ms against 2.5-3.5 ms for the FakeQuants and
-5.6-6.3 ms for the Convs (onnxruntime's profiler, ``tools/bench_runtime.py --zoo``).
+5.6-6.5 ms for the Convs (onnxruntime's profiler, ``tools/bench_runtime.py --zoo``).
 
 A per-tensor fake-quant is element-wise with one scale, so it gives the same value for
 each element in any layout; the blocked layout only adds padding channels, which hold
@@ -29,6 +29,8 @@ scale would need the channel index, which the blocked layout changes.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import defaultdict
 
 import numpy as np
@@ -37,7 +39,8 @@ from onnx import helper
 
 from .ops import DOMAIN, FAKE_QUANT
 
-__all__ = ["NCHWC_DOMAIN", "fake_quant_in_blocked_layout", "has_activation_fake_quant"]
+__all__ = ["NCHWC_DOMAIN", "fake_quant_in_blocked_layout", "has_activation_fake_quant",
+           "optimized_blocked_model"]
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +139,44 @@ def fake_quant_in_blocked_layout(model: onnx.ModelProto):
     graph.node.extend(nodes)
     log.debug("moved %d FakeQuant nodes into the NCHWc layout", moved)
     return model, moved
+
+
+def optimized_blocked_model(api, model, *, level, arena, configure, create, path_arg):
+    """``(model, moved)``: ONNX Runtime's own optimized graph of ``model`` with its
+    FakeQuants moved into the NCHWc layout, or ``(None, 0)`` when none moved or anything
+    failed (the caller then builds its session the usual way, so this never costs
+    correctness).
+
+    A first session, on one thread, optimizes ``model`` (``level``, the caller's
+    rewrites and custom ops through ``configure(options)``, ``create(options, model)``)
+    and saves the graph through ``optimized_model_filepath``; ONNX Runtime offers no
+    other way to get its optimized graph.
+    """
+    options = api.out(api.CreateSessionOptions)
+    session = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="fp8onnx_layout_") as tmp:
+            path = path_arg(os.path.join(tmp, "optimized.onnx"))
+            api.check(api.SetIntraOpNumThreads(options, 1))  # no thread pool needed
+            api.check(api.SetInterOpNumThreads(options, 1))
+            # Error level: ONNX Runtime warns that an NCHWc graph fits this machine only,
+            # which is all it is used for.
+            api.check(api.SetSessionLogSeverityLevel(options, 3))
+            api.check(api.SetSessionGraphOptimizationLevel(options, level))
+            if not arena:
+                api.check(api.DisableCpuMemArena(options))
+            configure(options)
+            api.check(api.SetOptimizedModelFilePath(options, path))
+            session = create(options, model)
+            api.ReleaseSession(session)
+            session = None
+            optimized = onnx.load(os.path.join(tmp, "optimized.onnx"))
+        optimized, moved = fake_quant_in_blocked_layout(optimized)
+    except Exception as e:  # e.g. a model over 2 GB, which ONNX Runtime cannot save inline
+        log.debug("NCHWc FakeQuant rewrite skipped: %s", e)
+        return None, 0
+    finally:
+        if session:
+            api.ReleaseSession(session)
+        api.ReleaseSessionOptions(options)
+    return (optimized, moved) if moved else (None, 0)

@@ -21,9 +21,7 @@ session at the same time.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-import tempfile
 from ctypes import c_char_p, c_int, c_int64, c_size_t, c_void_p
 from dataclasses import dataclass, field
 
@@ -32,9 +30,7 @@ import onnx
 
 from . import _capi
 from .fold import fold_constant_ops
-from .layout import fake_quant_in_blocked_layout, has_activation_fake_quant
-
-log = logging.getLogger(__name__)
+from .layout import has_activation_fake_quant, optimized_blocked_model
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata", "FP8_UNSAFE_OPTIMIZERS"]
 
@@ -183,7 +179,11 @@ class InferenceSession:
             self._common_options(options, disabled_optimizers)
             if (blocked_fake_quant and proto is not None and _optimizes_layout(sess_options)
                     and has_activation_fake_quant(proto)):
-                blocked = self._blocked(model_or_path, sess_options, disabled_optimizers)
+                blocked, self.blocked_fake_quants = optimized_blocked_model(
+                    api, model_or_path, level=_level(sess_options),
+                    arena=sess_options is None or sess_options.enable_cpu_mem_arena,
+                    configure=lambda o: self._common_options(o, disabled_optimizers),
+                    create=self._create, path_arg=_os_path)
                 if blocked is not None:
                     # The graph is ONNX Runtime's own optimized one: optimizing it again
                     # would only redo the work.
@@ -208,43 +208,6 @@ class InferenceSession:
             api.check(api.AddSessionConfigEntry(options, b"optimization.disable_specified_optimizers",
                                                 ";".join(disabled_optimizers).encode()))
         api.check(api.AddCustomOpDomain(options, self._domain.handle))
-
-    def _blocked(self, model, so, disabled_optimizers):
-        """ONNX Runtime's optimized graph of ``model`` with FakeQuants moved into the NCHWc
-        layout (see layout.py), or None when none moved or anything failed (the session
-        is then built the usual way, so this never costs correctness)."""
-        api = self._api
-        options = api.out(api.CreateSessionOptions)
-        session = None
-        try:
-            with tempfile.TemporaryDirectory(prefix="fp8onnx_layout_") as tmp:
-                path = os.path.join(tmp, "optimized.onnx")
-                api.check(api.SetIntraOpNumThreads(options, 1))  # no thread pool needed
-                api.check(api.SetInterOpNumThreads(options, 1))
-                # Error level: ONNX Runtime warns that the NCHWc graph fits this machine
-                # only, which is all it is used for.
-                api.check(api.SetSessionLogSeverityLevel(options, 3))
-                api.check(api.SetSessionGraphOptimizationLevel(options, _level(so)))
-                if so is not None and not so.enable_cpu_mem_arena:
-                    api.check(api.DisableCpuMemArena(options))
-                self._common_options(options, disabled_optimizers)
-                path_arg = _os_path(path)
-                api.check(api.SetOptimizedModelFilePath(options, path_arg))
-                session = self._create(options, model)
-                api.ReleaseSession(session)
-                session = None
-                optimized = onnx.load(path)
-            optimized, moved = fake_quant_in_blocked_layout(optimized)
-        except Exception as e:  # e.g. a model over 2 GB that ONNX Runtime cannot save inline
-            log.debug("NCHWc FakeQuant rewrite skipped: %s", e)
-            return None
-        finally:
-            if session:
-                api.ReleaseSession(session)
-            api.ReleaseSessionOptions(options)
-        self.blocked_fake_quants = moved
-        log.debug("%d FakeQuant nodes run on NCHWc tensors", moved)
-        return optimized if moved else None
 
     def _apply_options(self, options, so):
         api = self._api
