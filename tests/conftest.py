@@ -1,8 +1,10 @@
 """Shared fixtures for tests on real models: ``zoo_entry("name")`` gives a zoo entry.
 
-An entry whose packages are all in pyproject's dev extra (the bundled digits models,
-rapidocr's PP-OCR, ...) must run wherever the dev extra is installed, so a missing
-package FAILS its tests; any other entry skips with its "install X" message.
+An entry whose packages are all in pyproject's test extras (``dev`` and ``zoo``, which the
+README's test command installs: the bundled digits models, rapidocr's PP-OCR, magika,
+MiniLM, ...) must run wherever those are installed, so a missing pip package FAILS its
+tests; any other entry, or one missing a system package (``apt-get install espeak-ng``),
+skips with its "install X" message.
 """
 from __future__ import annotations
 
@@ -22,15 +24,31 @@ def _dev_extra() -> set:
     except ImportError:  # Python 3.10: no parser, treat nothing as mandatory
         return set()
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    reqs = meta.get("project", {}).get("optional-dependencies", {}).get("dev", [])
+    extras = meta.get("project", {}).get("optional-dependencies", {})
+    reqs = extras.get("dev", []) + extras.get("zoo", [])
     return {_NAME.match(r).group(0).lower().replace("_", "-") for r in reqs}
 
 
-def must_run(entry: zoo.ZooEntry) -> bool:
-    """True when every package of the entry's install hint is in the dev extra."""
+def must_run(entry: zoo.ZooEntry, skip: Exception = None) -> bool:
+    """True when every package of the entry's install hint is in the test extras and,
+    given the ZooSkip raised, what it asks for is a pip install (not a system package)."""
+    if skip is not None and "pip install" not in str(skip):
+        return False
     wanted = [_NAME.match(tok).group(0).lower().replace("_", "-")
               for tok in entry.install_hint.split()[2:] if not tok.startswith("-")]
     return set(wanted) <= _dev_extra()
+
+
+def entry_or_skip(name: str) -> zoo.ZooEntry:
+    """The entry, available; else fail (mandatory, see must_run) or skip with its hint."""
+    entry = zoo.get(name)
+    try:
+        entry.check_available()
+    except zoo.ZooSkip as e:
+        if must_run(entry, e):
+            pytest.fail(f"{name} needs only test-extra packages but is unavailable: {e}")
+        pytest.skip(str(e))
+    return entry
 
 
 @pytest.fixture
@@ -43,17 +61,7 @@ def zoo_must_run():
 def zoo_entry():
     """Factory: ``zoo_entry("digits_cnn")`` -> ZooEntry, or skip/fail with the install hint."""
 
-    def get(name: str) -> zoo.ZooEntry:
-        entry = zoo.get(name)
-        try:
-            entry.check_available()
-        except zoo.ZooSkip as e:
-            if must_run(entry):
-                pytest.fail(f"{name} needs only dev-extra packages but is unavailable: {e}")
-            pytest.skip(str(e))
-        return entry
-
-    return get
+    return entry_or_skip
 
 
 @pytest.fixture

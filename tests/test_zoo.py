@@ -360,7 +360,9 @@ def test_missing_model_package_skips_with_hint(monkeypatch, name, module):
 def test_dev_extra_entries_are_mandatory(zoo_must_run):
     must_run = zoo_must_run
     assert must_run(zoo.get("digits_cnn")) and must_run(zoo.get("ppocr_rec"))
-    assert not must_run(zoo.get("minilm_l6"))   # torch is never a dev dependency
+    assert must_run(zoo.get("minilm_l6")) and must_run(zoo.get("magika_v3"))  # the zoo / dev extras
+    assert not must_run(zoo.get("mobilenet_v2"))   # its weights package needs --no-deps: in no extra
+    assert not must_run(zoo.get("silero_vad"), zoo.ZooSkip("skipped: install espeak-ng (apt-get install espeak-ng)"))
 
 
 def test_default_session_keeps_relu_before_fp8_quantize():
