@@ -137,7 +137,10 @@ def _tune_ours(entry, calib, spec, n):
         return entry.evaluate(model, n=n, split="calib", session_factory=session_for(model))
 
     r = tune(entry.load(), calib, calib, score=score, target_loss=spec.get("target_loss", 0.01),
-             max_trials=spec.get("max_trials", 24), stages=("format", "node"),
+             max_trials=spec.get("max_trials", 24),
+             # INT8 falls back to float only, as INT8 tuning does; FP8 may also mix FP8 formats
+             # per op type (the paper's mixed formats).
+             stages=("node",) if spec["format"] == "int8" else ("format", "node"),
              base_recipe={"format": spec["format"], "scheme": spec["scheme"]}, emit="emulate")
     base = plan_quantization(prepare(entry.load()), make_recipe(format=spec["format"], scheme=spec["scheme"]))
     n_weights = sum(1 for t in tensor_map(r.model).values() if t.get("kind") == "weight")
