@@ -62,28 +62,51 @@ def make_recipe(recipe: Union[None, str, dict, Recipe] = None, **options) -> Rec
 
 
 def prepare(model: onnx.ModelProto, *, opset: int = 19, instruments=(), skip=()) -> onnx.ModelProto:
-    """The preparation pipeline, in place on ``model``; returns the prepared model."""
-    from .passes import (FoldConstants, InferShapes, LiftConstants, NameNodes, TopologicalSort,
-                         UpgradeOpset)
+    """The preparation pipeline, in place on ``model``; returns the prepared model.
 
-    pm = PassManager([LiftConstants(), UpgradeOpset(target=opset), FoldConstants(), InferShapes(),
-                      NameNodes(), TopologicalSort()], instruments=instruments, skip=skip, name="prepare")
-    return pm(model).model
+    Ifs whose condition is known are inlined after constants are folded and shapes
+    inferred; as long as that inlines something, folding, inference and inlining run
+    again (an inlined ``Equal(const, const)`` or ``Shape(x)[i]`` may decide a nested If).
+    """
+    from .passes import (FoldConstants, InferShapes, InlineConstantIf, LiftConstants, NameNodes,
+                         TopologicalSort, UpgradeOpset)
+
+    inline = InlineConstantIf()
+    model = PassManager([LiftConstants(), UpgradeOpset(target=opset), FoldConstants(), InferShapes(), inline],
+                        instruments=instruments, skip=skip, name="prepare")(model).model
+    for _ in range(8):  # each round removes at least one If; real models need one or two
+        if not getattr(inline, "inlined", None):
+            break
+        model = PassManager([FoldConstants(), InferShapes(), inline], instruments=instruments, skip=skip,
+                            name="prepare_inlined")(model).model
+    return PassManager([NameNodes(), TopologicalSort()], instruments=instruments, skip=skip,
+                       name="prepare_finish")(model).model
 
 
 def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int] = None,
                   batch_size: int = 1, calib_cache: Optional[str] = None, dump_dir: Optional[str] = None,
-                  skip=(), **options) -> CompileResult:
-    """Compile and also return the plan and the report (what the CLI prints)."""
-    from .passes import Annotate, InsertQDQ, TopologicalSort
+                  skip=(), fix_inputs: Optional[dict] = None, **options) -> CompileResult:
+    """Compile and also return the plan and the report (what the CLI prints).
+
+    ``fix_inputs`` (``{"sr": 16000}``) turns those inputs into constants before anything
+    else (the recipe records it), so Ifs on them are inlined and their contents quantized
+    like the rest; calibration feeds may still hold them (with the same values).
+    """
+    from .passes import Annotate, FixInputs, InsertQDQ, TopologicalSort
 
     t0 = time.perf_counter()
-    recipe = make_recipe(recipe, **options)
+    if fix_inputs is not None and isinstance(fix_inputs, dict):
+        # numpy values become plain JSON ones: the recipe stored in the model holds them.
+        fix_inputs = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in fix_inputs.items()}
+    recipe = make_recipe(recipe, fix_inputs=fix_inputs, **options)
     source = modelio.load_model(model)
     work = onnx.ModelProto()
     work.CopyFrom(source)  # the only copy: every pass after this edits ``work`` in place
     timing = Timing()
     instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
+    if recipe.fix_inputs:
+        work = PassManager([FixInputs(recipe.fix_inputs)], instruments=instruments, skip=skip,
+                           name="fix_inputs")(work).model
     work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip)
     plan = plan_quantization(work, recipe)
 
@@ -100,7 +123,12 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
                 + ("BatchNorm calibration" if recipe.bn_calib else "activation scales")
                 + ": pass --calib data.npz (input names as keys), --calib DIR (one .npz feed per file) "
                 "or --calib random (no real data: poor accuracy)")
-        src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
+        if recipe.fix_inputs:
+            # Feeds made for the original model: checked against it, fixed inputs dropped.
+            src = _WithoutFixedInputs(_calib.open_source(calibration, source, samples=samples,
+                                                         batch_size=batch_size), work, recipe.fix_inputs)
+        else:
+            src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
@@ -160,6 +188,27 @@ def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe) -> dict:
             kept.append(use)
         d.activation_uses[:] = kept
     return amax
+
+
+class _WithoutFixedInputs(_calib.CalibrationSource):
+    """Feeds of ``inner`` without the fixed inputs; a feed giving another value is an error."""
+
+    def __init__(self, inner, model, fixed: dict) -> None:
+        super().__init__(model, None, inner.batch_size)
+        self.inner, self.fixed = inner, fixed
+        self.kind, self.rows, self.reiterable = inner.kind, inner.rows, inner.reiterable
+        self.num_samples = inner.num_samples
+
+    def _raw(self):
+        import numpy as np
+
+        for i, feed in enumerate(self.inner):
+            for name, value in self.fixed.items():
+                if name in feed and not np.all(np.asarray(feed[name]) == np.asarray(value)):
+                    raise UserError(f"calibration feed {i} gives input {name!r} other values than the fixed "
+                                    f"{value!r}: drop it from the feeds or fix it to the value they hold")
+            yield ({k: v for k, v in feed.items() if k not in self.fixed}, f"feed {i}", i,
+                   self.inner.samples_in(feed))
 
 
 def _check(model: onnx.ModelProto) -> None:

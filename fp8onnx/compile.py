@@ -14,6 +14,7 @@ import sys
 from . import formats as _formats
 from . import schemes as _schemes
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
+from .errors import UserError
 from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES
 
 __all__ = ["main", "build_parser"]
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", metavar="REGEX", help="keep nodes whose name matches in float")
     p.add_argument("--keep-first-last", action="store_true", default=None,
                    help="keep the first and last weighted layers in float")
+    p.add_argument("--fix-input", action="append", type=parse_fix_input, metavar="NAME=VALUE",
+                   help="make input NAME a constant (VALUE: int, float, true/false or a comma list); "
+                        "Ifs on it are inlined so their contents get quantized; repeatable")
     p.add_argument("--recipe", help="recipe JSON (per-op-type and per-node overrides); options given here win")
     p.add_argument("--report", help="write the JSON report of every decision here")
     p.add_argument("--opset", type=int, help="target opset (default 19, the first with FP8 Q/DQ)")
@@ -56,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="show tracebacks, log every pass, dump the model after each pass next to OUTPUT")
     return p
+
+
+def parse_fix_input(text: str):
+    """``NAME=VALUE`` -> (NAME, value): int, float, true/false, or a comma list of those."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE: write e.g. --fix-input sr=16000")
+    items = [_parse_scalar(v.strip(), text) for v in value.split(",")]
+    return name, items if "," in value else items[0]
+
+
+def _parse_scalar(v: str, text: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"{text!r}: {v!r} is not an int, a float or true/false: "
+                                     "write e.g. --fix-input sr=16000")
 
 
 def main(argv=None) -> int:
@@ -76,10 +101,17 @@ def _run(args) -> int:
         exclude=args.exclude, keep_first_last=args.keep_first_last, opset=args.opset, dynamic=args.dynamic,
         bn_calib=args.bn_calib, bn_mode=args.bn_mode,
     )
+    fix_inputs = None
+    if args.fix_input:
+        fix_inputs = dict(args.fix_input)
+        if len(fix_inputs) != len(args.fix_input):
+            names = [n for n, _ in args.fix_input]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise UserError(f"--fix-input gives {', '.join(twice)} more than once: give each input once")
     dump_dir = os.path.splitext(args.output)[0] + "_passes" if args.debug else None
     result = api.compile_model(args.input, recipe=args.recipe, calibration=args.calib, samples=args.samples,
                                batch_size=args.batch_size, calib_cache=args.calib_cache, dump_dir=dump_dir,
-                               **options)
+                               fix_inputs=fix_inputs, **options)
     modelio.save_model(result.model, args.output, external_data=args.external_data, input_path=args.input)
     if args.report:
         _write_json(args.report, result.report)

@@ -50,6 +50,8 @@ class Recipe:
     bn_mode: str = "match"
     opset: int = 19
     saturate: bool = True
+    #: Inputs made constants before compiling (``{"sr": 16000}``): Ifs on them get inlined.
+    fix_inputs: Dict[str, object] = field(default_factory=dict)
 
     # --- construction and validation ------------------------------------------------
     @classmethod
@@ -103,6 +105,7 @@ class Recipe:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"bad node-name regex {pattern!r} ({e}): fix the pattern") from e
+        _check_fix_inputs(self.fix_inputs)
         for where, table in (("op_types", self.op_types), ("nodes", self.nodes)):
             for key, value in table.items():
                 _parse_override(value, f"{where}[{key!r}]")
@@ -131,6 +134,27 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _check_fix_inputs(table) -> None:
+    if not isinstance(table, dict):
+        raise UserError(f"fix_inputs must map input names to values, not {type(table).__name__}: "
+                        'give e.g. {"sr": 16000}')
+    for name, value in table.items():
+        if not isinstance(name, str) or not name:
+            raise UserError(f"fix_inputs: input name {name!r} is not a non-empty string: give e.g. {{\"sr\": 16000}}")
+        if not _plain_value(value):
+            raise UserError(f"fix_inputs[{name!r}] = {value!r} is not a number, a bool or a (nested) list of them: "
+                            f"give e.g. {name}=16000 or {name}=1,2,3")
+
+
+def _plain_value(value) -> bool:
+    """JSON-representable numbers and bools, or non-empty nested lists of them."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)) and value:
+        return all(_plain_value(v) for v in value)
+    return False
 
 
 def _check_format(name, where):

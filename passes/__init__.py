@@ -16,6 +16,8 @@ from .toposort import TopologicalSort
 from .insert_qdq import InsertQDQ
 from .annotate import Annotate
 from .bn_calibrate import BatchNormCalibration
+from .inline_if import InlineConstantIf
+from .fix_inputs import FixInputs
 
 __all__ = [
     "LiftConstants",
@@ -27,4 +29,6 @@ __all__ = [
     "InsertQDQ",
     "Annotate",
     "BatchNormCalibration",
+    "InlineConstantIf",
+    "FixInputs",
 ]

@@ -6,6 +6,9 @@ rate (8 or 16 kHz; weights in Constant nodes of the subgraphs). One call reads o
 chunk: ``input`` float32 [batch, 64 + 512] (the previous chunk's last 64 samples, then
 512 new ones at 16 kHz), ``state`` float32 [2, batch, 128] and ``sr`` int64 scalar; it
 returns ``output`` [batch, 1] (speech probability) and ``stateN``, fed to the next call.
+A model specialized to 16 kHz (``fix_inputs={"sr": 16000}``, which inlines the Ifs on the
+rate and lets calibration see the Convs' activations) has no ``sr`` input: ``stream``
+then feeds none (the calibration feeds keep it; the compiler drops fixed inputs).
 ``stream`` does exactly what silero's ``OnnxWrapper.__call__`` does (zero state and
 context at the start, context = last 64 samples of the previous input); a test checks it
 against ``OnnxWrapper.audio_forward``. The ONNX file is found with ``find_spec``, never
@@ -205,7 +208,9 @@ def stream(session, audio: List[np.ndarray], record: bool = False):
         x[b, :frames[b] * CHUNK] = a[:frames[b] * CHUNK]
     state = np.zeros((2, batch, 128), np.float32)
     context = np.zeros((batch, CONTEXT), np.float32)
-    sr = np.array(SR, np.int64)
+    # A model compiled with fix_inputs={"sr": 16000} has no ``sr`` input any more.
+    inputs_of = getattr(session, "get_inputs", None)
+    sr = {} if inputs_of is not None and "sr" not in {i.name for i in inputs_of()} else {"sr": np.array(SR, np.int64)}
     probs = np.zeros((batch, steps), np.float32)
     inputs = np.zeros((steps, batch, CONTEXT + CHUNK), np.float32) if record else None
     states = np.zeros((steps, 2, batch, 128), np.float32) if record else None
@@ -213,7 +218,7 @@ def stream(session, audio: List[np.ndarray], record: bool = False):
         inp = np.concatenate([context, x[:, t * CHUNK:(t + 1) * CHUNK]], axis=1)
         if record:
             inputs[t], states[t] = inp, state
-        out, state = session.run(["output", "stateN"], {"input": inp, "state": state, "sr": sr})
+        out, state = session.run(["output", "stateN"], {"input": inp, "state": state, **sr})
         probs[:, t] = out[:, 0]
         context = inp[:, -CONTEXT:]
     result = [probs[b, :frames[b]] for b in range(batch)]
