@@ -18,8 +18,10 @@ weights; also E3M4 with ``blocked_fake_quant=False``, the FakeQuants reordered o
 and back into onnxruntime's NCHWc layout around every Conv) vs onnxruntime's own E4M3
 QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrites off
 so that it computes the right thing), at 1 and 2 threads. Each repeat runs every
-variant once, in turn (several calls per sample for small models); the figure is the
-median over repeats of time / float time of the same repeat. ``--profile`` adds each
+variant once, in turn, in an order rotated each repeat (several calls per sample for
+small models); the figure is the median over repeats of time / float time of the same
+repeat. The float model also runs in fp8onnx's session, whose ctypes ``run`` costs
+~10 us more per call than onnxruntime's. ``--profile`` adds each
 variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler).
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
@@ -317,6 +319,7 @@ def zoo_sessions(models, threads, profile_dir=None):
 
     return {
         "float (onnxruntime)": ort_session(models["float"], "float"),
+        "float (fp8onnx session)": InferenceSession(models["float"], so("float_fp8onnx")),
         "E3M4 emulated": InferenceSession(models["e3m4 emulate"], so("e3m4")),
         "E4M3 emulated": InferenceSession(models["e4m3 emulate"], so("e4m3")),
         "E3M4 emulated, NCHWc reorders kept": InferenceSession(models["e3m4 emulate"], so("e3m4_reorders"),
@@ -346,13 +349,16 @@ def ratio_medians(sessions, feed, repeats):
     inner = max(1, int(0.003 / max(time.perf_counter() - t, 1e-6)))
     wall = [[] for _ in fns]
     cpu = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, w, c in zip(fns, wall, cpu):
+    for rep in range(repeats):
+        # Rotate the order each repeat: the slot right after another session's run was
+        # measured slower for any session placed there (caches, thread-pool wake-up).
+        for k in range(len(fns)):
+            i = (k + rep) % len(fns)
             t, tc = time.perf_counter(), time.thread_time()
             for _ in range(inner):
-                fn()
-            c.append((time.thread_time() - tc) / inner)
-            w.append((time.perf_counter() - t) / inner)
+                fns[i]()
+            cpu[i].append((time.thread_time() - tc) / inner)
+            wall[i].append((time.perf_counter() - t) / inner)
     return [(statistics.median(w), statistics.median(a / b for a, b in zip(w, wall[0])),
              statistics.median(a / b for a, b in zip(c, cpu[0])), min(w) / min(wall[0]))
             for w, c in zip(wall, cpu)]
@@ -404,7 +410,7 @@ def part3(names, threads_list, repeats, profile):
             if profile:  # separate sessions: the profiler's own cost stays out of the timings
                 with tempfile.TemporaryDirectory() as tmp:
                     profiled = zoo_sessions(models, threads, tmp)
-                    for (label, sess), tag in zip(profiled.items(), ("float", "e3m4", "e4m3", "e3m4_reorders", "qdq")):
+                    for (label, sess), tag in zip(profiled.items(), ("float", "float_fp8onnx", "e3m4", "e4m3", "e3m4_reorders", "qdq")):
                         for _ in range(10):
                             sess.run(None, feed)
                         profile_line(label, sess, tmp, tag)
