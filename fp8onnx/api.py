@@ -1,7 +1,8 @@
 """The public entry point: ``fp8onnx.compile(model, recipe=..., calibration=...)``.
 
-It copies the user's model once, prepares the copy (constants lifted, opset raised,
-weight-only subgraphs folded, shapes inferred, names made unique, nodes sorted), plans
+It copies the user's model once (turning the inputs ``fix_inputs`` names into constants),
+prepares the copy (constants lifted, opset raised, weight-only subgraphs folded, shapes
+inferred, Ifs with a known condition inlined, names made unique, nodes sorted), plans
 which units become FP8, calibrates activation ranges on the float model, inserts the
 Q/DQ nodes and writes the recipe into ``metadata_props``. The user's model and files are
 never modified.
