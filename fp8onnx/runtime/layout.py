@@ -39,7 +39,7 @@ from onnx import helper
 
 from .ops import DOMAIN, FAKE_QUANT
 
-__all__ = ["NCHWC_DOMAIN", "fake_quant_in_blocked_layout", "has_activation_fake_quant",
+__all__ = ["NCHWC_DOMAIN", "fake_quant_in_blocked_layout", "may_reorder_fake_quants",
            "optimized_blocked_model"]
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,16 @@ log = logging.getLogger(__name__)
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
-def has_activation_fake_quant(model: onnx.ModelProto) -> bool:
-    """Whether ``model``'s main graph has a FakeQuant whose input is not an initializer
-    (only those can sit between Convs; weight FakeQuants are folded away)."""
+def may_reorder_fake_quants(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s main graph has a Conv and a FakeQuant whose input is not an
+    initializer: only then can ONNX Runtime put reorders around a FakeQuant (it blocks
+    Convs only, and weight FakeQuants are folded away), so a model without Conv (a
+    transformer) never pays for the second graph optimization."""
     inits = {t.name for t in model.graph.initializer}
-    return any(n.domain == DOMAIN and n.op_type == FAKE_QUANT and n.input[0] not in inits
-               for n in model.graph.node)
+    nodes = model.graph.node
+    return (any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") for n in nodes)
+            and any(n.domain == DOMAIN and n.op_type == FAKE_QUANT and n.input[0] not in inits
+                    for n in nodes))
 
 
 def _attr(node, name, default=0):

@@ -30,7 +30,7 @@ import onnx
 
 from . import _capi
 from .fold import fold_constant_ops
-from .layout import has_activation_fake_quant, optimized_blocked_model
+from .layout import may_reorder_fake_quants, optimized_blocked_model
 
 __all__ = ["InferenceSession", "NodeArg", "ModelMetadata", "FP8_UNSAFE_OPTIMIZERS"]
 
@@ -178,7 +178,7 @@ class InferenceSession:
             self._apply_options(options, sess_options)
             self._common_options(options, disabled_optimizers)
             if (blocked_fake_quant and proto is not None and _optimizes_layout(sess_options)
-                    and has_activation_fake_quant(proto)):
+                    and may_reorder_fake_quants(proto)):
                 blocked, self.blocked_fake_quants = optimized_blocked_model(
                     api, model_or_path, level=_level(sess_options),
                     arena=sess_options is None or sess_options.enable_cpu_mem_arena,
