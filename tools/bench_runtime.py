@@ -20,8 +20,10 @@ QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrite
 so that it computes the right thing), at 1 and 2 threads. Each repeat runs every
 variant once, in turn, in an order rotated each repeat (several calls per sample for
 small models); the figure is the median over repeats of time / float time of the same
-repeat. The float model also runs in fp8onnx's session, whose ctypes ``run`` costs
-~10 us more per call than onnxruntime's. ``--profile`` adds each
+repeat. The float model also runs in fp8onnx's session (``wall/float(fp8onnx)`` is
+relative to it): that session drives the wheel's libonnxruntime, a second copy of ONNX
+Runtime beside the one linked into onnxruntime's Python module, and alternating
+between the two cost it ~40 us per call on the digits CNN (13 us when run alone). ``--profile`` adds each
 variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler).
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
@@ -330,8 +332,8 @@ def zoo_sessions(models, threads, profile_dir=None):
 
 def ratio_medians(sessions, feed, repeats):
     """Per session: (median wall seconds, median over repeats of wall / first session's
-    wall, the same for thread CPU time, fastest wall / first session's fastest wall),
-    each repeat running every session in turn.
+    wall, the same for thread CPU time, fastest wall / first session's fastest wall,
+    median of wall / second session's wall), each repeat running every session in turn.
 
     With one intra-op thread onnxruntime runs the graph on the calling thread, so its
     CPU time (``time.thread_time``) leaves out the time the OS gave to other processes:
@@ -360,7 +362,8 @@ def ratio_medians(sessions, feed, repeats):
             cpu[i].append((time.thread_time() - tc) / inner)
             wall[i].append((time.perf_counter() - t) / inner)
     return [(statistics.median(w), statistics.median(a / b for a, b in zip(w, wall[0])),
-             statistics.median(a / b for a, b in zip(c, cpu[0])), min(w) / min(wall[0]))
+             statistics.median(a / b for a, b in zip(c, cpu[0])), min(w) / min(wall[0]),
+             statistics.median(a / b for a, b in zip(w, wall[1])))
             for w, c in zip(wall, cpu)]
 
 
@@ -403,9 +406,9 @@ def part3(names, threads_list, repeats, profile):
             rows = ratio_medians(sessions, feed, repeats)
             print(f"\n{name} ({shapes}), {threads} thread{'s' if threads > 1 else ''}"
                   f"{'':{max(0, 14 - len(shapes))}s}     wall ms  wall/float  fastest/float"
-                  + ("  cpu/float" if threads == 1 else ""))
-            for (label, _), (t, r, rc, rmin) in zip(sessions.items(), rows):
-                print(f"  {label:38s} {t * 1e3:9.3f} {r:10.2f}x {rmin:13.2f}x"
+                  f"  wall/float(fp8onnx)" + ("  cpu/float" if threads == 1 else ""))
+            for (label, _), (t, r, rc, rmin, r2) in zip(sessions.items(), rows):
+                print(f"  {label:38s} {t * 1e3:9.3f} {r:10.2f}x {rmin:13.2f}x {r2:19.2f}x"
                       + (f" {rc:9.2f}x" if threads == 1 else ""))
             if profile:  # separate sessions: the profiler's own cost stays out of the timings
                 with tempfile.TemporaryDirectory() as tmp:
