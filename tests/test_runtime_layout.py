@@ -22,7 +22,7 @@ from fp8onnx.runtime.layout import NCHWC_DOMAIN, fake_quant_in_blocked_layout, m
 RNG = np.random.default_rng(5)
 
 
-def conv_chain(fmt="e3m4", act_axis_scale=False, fq_output_too=False):
+def conv_chain(fmt="e3m4", act_axis_scale=False, fq_output_too=False, saturate=True):
     """x(1,16,12,12) -> [FQ -> Conv 16->32 -> Relu] -> [FQ -> Conv 32->32] -> [FQ -> Conv 32->16] -> y.
 
     ``act_axis_scale``: the second activation FakeQuant is per channel (must stay in
@@ -40,7 +40,8 @@ def conv_chain(fmt="e3m4", act_axis_scale=False, fq_output_too=False):
         else:
             scale = np.array(0.05, np.float32)
         inits.append(numpy_helper.from_array(scale, f"s{i}"))
-        nodes.append(ops.make_fake_quant_node(src, f"s{i}", f"a{i}", format=fmt, name=f"fq{i}"))
+        nodes.append(ops.make_fake_quant_node(src, f"s{i}", f"a{i}", format=fmt, name=f"fq{i}",
+                                              saturate=saturate))
         nodes.append(helper.make_node("Conv", [f"a{i}", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
         out = "y" if i == 2 else f"r{i}"
         nodes.append(helper.make_node("Relu" if i == 0 else "Sigmoid", [f"c{i}"], [out]))
@@ -86,9 +87,12 @@ def test_conv_chain_moves_the_fake_quants_and_keeps_every_bit(fmt):
 
 
 @needs_nchwc
-def test_per_channel_activation_scale_stays_in_nchw_and_plain_consumers_get_a_reorder():
+def test_per_channel_or_non_saturating_stay_in_nchw_and_plain_consumers_get_a_reorder():
     x = (RNG.standard_normal((1, 16, 12, 12)) * 3).astype(np.float32)
-    for model, moved in ((conv_chain(act_axis_scale=True), 1), (conv_chain(fq_output_too=True), 2)):
+    cases = ((conv_chain(act_axis_scale=True), 1), (conv_chain(fq_output_too=True), 2),
+             # without saturation padding channels could turn NaN: only INT8 moves
+             (conv_chain("e4m3", saturate=False), 0), (conv_chain("int8", saturate=False), 2))
+    for model, moved in cases:
         blocked = InferenceSession(model)
         plain = InferenceSession(model, blocked_fake_quant=False)
         assert blocked.blocked_fake_quants == moved

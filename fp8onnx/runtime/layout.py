@@ -10,8 +10,11 @@ triples) the reorders cost 3.3-4.3 ms against 2.5-3.5 ms for the FakeQuants and
 
 A per-tensor fake-quant is element-wise with one scale, so it gives the same value for
 each element in any layout; the blocked layout only adds padding channels, which hold
-finite values (zeros, or an activation of zero) that the next NCHWc Conv multiplies by
-zero-padded weights. So this module rewrites ONNX Runtime's *optimized* graph::
+finite values (zeros, or an activation of zero such as Sigmoid's 0.5) that the next
+NCHWc Conv multiplies by zero-padded weights. That needs the fake-quant of a finite
+value to stay finite, which holds when it saturates (the default; INT8 always does):
+without saturation 0.5 could overflow a tiny scale to NaN, and 0 * NaN would reach
+the real channels, so those nodes stay where they are. So this module rewrites ONNX Runtime's *optimized* graph::
 
     t_nchwc -> ReorderOutput -> FakeQuant(s) -> ReorderInput -> NchwcConv
     becomes
@@ -101,6 +104,8 @@ def fake_quant_in_blocked_layout(model: onnx.ModelProto):
             continue
         if not _scalar_initializer(inits, fq.input[1]):
             continue  # per-channel (or run-time) scale: the channel index matters
+        if not _attr(fq, "saturate", 1) and _attr(fq, "format", b"") not in (b"int8", "int8"):
+            continue  # overflow -> NaN/Inf in the padding channels (see the module note)
         reorder_out = producer.get(fq.input[0])
         if not _is(reorder_out, "ReorderOutput") or _attr(reorder_out, "channels_last"):
             continue
