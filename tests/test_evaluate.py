@@ -266,3 +266,31 @@ def test_top1_only_for_outputs_made_by_a_scoring_op():
     x = B.rng(0).normal(size=(6, 5, 16)).astype(np.float32)
     r = evaluate(emb, emb, [{"x": x}])
     assert r.outputs[0].top1_agreement is None and r.fidelity == r.outputs[0].cosine == pytest.approx(1.0)
+
+
+def test_model_compiled_with_fix_inputs_is_compared_to_the_same_specialization():
+    """The FP8 model of a float model whose If was inlined by fix_inputs has one input fewer
+    and new tensor names; evaluate specializes the float model the same way, so outputs
+    and the inlined activation are measured (data may still carry the fixed input)."""
+    from onnx import TensorProto, helper
+
+    r = B.rng(3)
+    w1, w2 = r.normal(size=(8, 8)).astype(np.float32), r.normal(size=(8, 8)).astype(np.float32)
+    branch = lambda w, tag: helper.make_graph(  # noqa: E731
+        [helper.make_node("MatMul", ["x", f"w{tag}"], [f"m{tag}"], name=f"mm{tag}"),
+         helper.make_node("Relu", [f"m{tag}"], [f"y{tag}"], name=f"relu{tag}")],
+        f"b{tag}", [], [B.vi(f"y{tag}", [4, 8])], [B.init(f"w{tag}", w)])
+    fm = B.model([helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch(w1, 1),
+                                   else_branch=branch(w2, 2))],
+                 [B.vi("x", [4, 8]), B.vi("c", [], TensorProto.BOOL)], [B.vi("y", [4, 8])])
+    x = [{"x": r.normal(size=(4, 8)).astype(np.float32), "c": np.array(True)} for _ in range(6)]
+    q = fp8onnx.compile_model(fm, fix_inputs={"c": True}, calibration=x, format="e4m3").model
+    assert [i.name for i in q.graph.input] == ["x"]
+    res = evaluate(fm, q, x, per_layer=True)
+    acts = [l for l in res.layers if l.kind == "activation"]
+    assert acts and all(not l.note and l.sqnr_db is not None for l in acts), [(l.tensor, l.note) for l in acts]
+    # against a direct computation: the FP32 branch taken is the then branch
+    want = np.maximum(np.concatenate([f["x"] for f in x]) @ w1, 0)
+    got = np.concatenate([session_for(q).run(None, {"x": f["x"]})[0] for f in x])
+    cos = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert res.outputs[0].cosine == pytest.approx(cos, abs=1e-6) and cos > 0.99

@@ -48,6 +48,8 @@ def _rss_mb() -> float:
 
 
 def _median_run_s(session, feed, repeat: int = 5) -> float:
+    names = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in feed.items() if k in names}  # a specialized model takes fewer inputs
     session.run(None, feed)  # warm-up: allocations, lazy kernel loading
     times = []
     for _ in range(repeat):
@@ -102,7 +104,7 @@ def _compile_ours(entry, calib, spec):
     from fp8onnx.api import compile_model, make_recipe, prepare
 
     opts = dict(format=spec["format"], scheme=spec["scheme"], emit="emulate",
-                calib_method=spec.get("calib_method", "max"))
+                calib_method=spec.get("calib_method", "max"), **entry.compile_options)
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None
@@ -128,7 +130,7 @@ def _tune_ours(entry, calib, spec, n):
     Compressor runs it) scored with the entry's own task metric on its *calibration* split,
     so the held-out split the row reports was never seen while choosing."""
     from fp8onnx import tune
-    from fp8onnx.api import make_recipe, prepare
+    from fp8onnx.api import make_recipe
     from fp8onnx.evaluation import tensor_map
     from fp8onnx.planner import plan_quantization
     from fp8onnx.zoo.fp8eval import session_for
@@ -141,14 +143,25 @@ def _tune_ours(entry, calib, spec, n):
              # INT8 falls back to float only, as INT8 tuning does; FP8 may also mix FP8 formats
              # per op type (the paper's mixed formats).
              stages=("node",) if spec["format"] == "int8" else ("format", "node"),
-             base_recipe={"format": spec["format"], "scheme": spec["scheme"]}, emit="emulate")
-    base = plan_quantization(prepare(entry.load()), make_recipe(format=spec["format"], scheme=spec["scheme"]))
+             base_recipe={"format": spec["format"], "scheme": spec["scheme"]}, emit="emulate",
+             **entry.compile_options)
+    base = plan_quantization(_specialized(entry), make_recipe(format=spec["format"], scheme=spec["scheme"]))
     n_weights = sum(1 for t in tensor_map(r.model).values() if t.get("kind") == "weight")
     return r.model, {"trials": len(r.history), "met_on_calib": r.met_target, "calib_loss": r.loss,
                      "op_types": r.recipe.op_types, "nodes_float": sorted(r.recipe.nodes),
                      "weights_fp8": n_weights, "weights_fp8_untuned": len({u.tensor for d in base.units
                                                                           for u in d.weight_uses}),
                      "tune_s": r.seconds}
+
+
+def _specialized(entry):
+    """The entry's FP32 model as the compiler prepares it, its deployment inputs fixed."""
+    from fp8onnx.api import prepare
+    from fp8onnx.passes.fix_inputs import FixInputs
+
+    model = entry.load()
+    fixed = entry.compile_options.get("fix_inputs")
+    return prepare(FixInputs(fixed)(model).model if fixed else model)
 
 
 def run_job(spec: dict) -> dict:

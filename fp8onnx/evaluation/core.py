@@ -280,6 +280,12 @@ def evaluate(float_model, fp8_model, data, *, samples: Optional[int] = None, met
     """Compare ``fp8_model`` with ``float_model`` on ``data``; see :mod:`fp8onnx.evaluate`."""
     t0 = time.perf_counter()
     fm, qm = modelio.load_model(float_model), modelio.load_model(fp8_model)
+    fixed = _fixed_inputs(qm)
+    if fixed:
+        # The FP8 model was compiled from the float model specialized to these input values
+        # (its If branches inlined): compare with the same specialization, so inputs and
+        # tensor names line up; data may still carry the fixed inputs (they become targets).
+        fm = _prepared(fm, fixed)
     tensors = tensor_map(qm)
     check_formats(qm, tensors)
     check_same_inputs(fm, qm)
@@ -362,12 +368,27 @@ def evaluate(float_model, fp8_model, data, *, samples: Optional[int] = None, met
     return result
 
 
-def _prepared(fm: onnx.ModelProto) -> onnx.ModelProto:
-    """The float model after the compiler's preparation (folded weights get their names there)."""
+def _fixed_inputs(qm: onnx.ModelProto) -> dict:
+    """The recipe's ``fix_inputs`` recorded in an fp8onnx model's metadata ({} if none)."""
+    for p in qm.metadata_props:
+        if p.key == "fp8onnx.recipe":
+            try:
+                return dict(json.loads(p.value).get("fix_inputs") or {})
+            except (ValueError, AttributeError):
+                return {}
+    return {}
+
+
+def _prepared(fm: onnx.ModelProto, fixed: Optional[dict] = None) -> onnx.ModelProto:
+    """The float model after the compiler's preparation (folded weights and inlined If
+    branches get their names there), specialized first to ``fixed`` input values."""
     from ..api import prepare
+    from ..passes.fix_inputs import FixInputs
 
     m = onnx.ModelProto()
     m.CopyFrom(fm)
+    if fixed:
+        m = FixInputs(fixed)(m).model
     return prepare(m)
 
 

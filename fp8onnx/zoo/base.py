@@ -111,6 +111,9 @@ class ZooEntry:
     #: The split ``_evaluate`` reads, set by ``evaluate(split=...)`` for the call's duration:
     #: "eval" (held out) or "calib" (the calibration side, for tuning without touching "eval").
     split: str = "eval"
+    #: Deployment settings every compile of this model takes (e.g. ``{"fix_inputs": {"sr":
+    #: 16000}}`` for a model served at one sample rate); benchmarks pass them on.
+    compile_options: Dict[str, Any] = {}
 
     def __init__(self):
         self._model: Optional[onnx.ModelProto] = None

@@ -42,7 +42,7 @@ def fp8_vs_fp32(entry: ZooEntry, *, calib_n: int = 32, eval_n: Optional[int] = N
     fp32 = entry.evaluate(n=eval_n)
     t0 = time.perf_counter()
     quantized = fp8_compile(entry.load(), calibration=list(entry.calib_feeds(calib_n)),
-                            **compile_options)
+                            **{**entry.compile_options, **compile_options})
     t_compile = time.perf_counter() - t0
     t0 = time.perf_counter()
     fp8 = entry.evaluate(quantized, n=eval_n, session_factory=session_for(quantized))

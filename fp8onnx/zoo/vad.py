@@ -239,6 +239,8 @@ class SileroVADEntry(ZooEntry):
     metric_name = "speech-frame F1 vs FP32 decisions (p >= 0.5)"
     default_eval_n = 16
     requires = (("scipy", SCIPY_HINT),)
+    # Deployed at 16 kHz: the If on sr is inlined, so calibration sees the network's tensors.
+    compile_options = {"fix_inputs": {"sr": 16000}}
 
     def check_available(self) -> None:
         onnx_path()                 # find_spec: importing silero_vad would import torch
