@@ -14,13 +14,15 @@ per rendered line, so a detector under test can be scored line by line against F
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List
 
 import numpy as np
 
-__all__ = ["Page", "PageResult", "PageOcr", "render_pages", "det_feed", "det_model_path", "box_iou"]
+__all__ = ["Page", "PageResult", "PageOcr", "render_pages", "det_feed", "det_model_path", "box_iou",
+           "shift_pages", "grow_boxes", "compare_lines"]
 
 FONT_SIZES = (24, 28, 32)   # cycled page by page: the detector sees several text heights
 MARGIN = 40                 # pixels around the text block
@@ -46,6 +48,7 @@ class PageResult:
     stray: int = 0             # boxes whose centre falls in no line's band
     box_texts: List[str] = field(default_factory=list)
     rects: List[tuple] = field(default_factory=list)   # each box's bounding rectangle x0, y0, x1, y1
+    line_of: List[int] = field(default_factory=list)   # each box's rendered line (-1: stray)
 
 
 def det_model_path() -> str:
@@ -164,28 +167,92 @@ class PageOcr:
         self._rec = OcrRecEntry()
         self._rec_session = ort_session(model_bytes(self._rec.load()))
         self._rec_in = self._rec.io_names()[0]
+        self._cache: dict = {}   # (page checksum, box corners) -> text
 
-    def read(self, det_session, page: Page) -> PageResult:
-        """OCR of one page; box texts are assigned to the line whose box holds their centre."""
-        from fp8onnx.zoo.ocr import _crop, _normalize
-
+    def boxes(self, det_session, page: Page) -> np.ndarray:
+        """The detector's text boxes on ``page``: n x 4 x 2 int32 corners (DB post-processing)."""
         inp = det_session.get_inputs()[0].name
         prob = det_session.run(None, {inp: det_feed(page)})[0]
         boxes, _ = self._post(prob, page.image.shape[:2])
+        return np.asarray(boxes, np.int32).reshape(-1, 4, 2)
+
+    def read(self, det_session, page: Page, *, boxes=None) -> PageResult:
+        """OCR of one page; box texts are assigned to the line whose box holds their centre.
+
+        ``boxes`` (optional) replaces the detector's boxes, e.g. FP32's boxes moved a pixel, to
+        measure what the recogniser alone makes of a change of crop geometry.
+        """
+        from fp8onnx.zoo.ocr import _crop, _normalize
+
+        if boxes is None:
+            boxes = self.boxes(det_session, page)
+        key = zlib.crc32(page.image.tobytes())
         per_line: List[list] = [[] for _ in page.lines]
-        stray, texts, rects = 0, [], []
+        stray, texts, rects, line_of = 0, [], [], []
         for b in boxes:
             b = np.asarray(b, np.float32)
-            text = self._rec.recognize(self._rec_session,
-                                       {self._rec_in: _normalize(_crop(page.image, b), 48, 320)}).strip()
+            # The same corners give the same crop and so the same text: detectors that agree on
+            # a box (most of them, on most boxes) share one recogniser run.
+            ck = (key, b.tobytes())
+            if ck not in self._cache:
+                self._cache[ck] = self._rec.recognize(
+                    self._rec_session, {self._rec_in: _normalize(_crop(page.image, b), 48, 320)}).strip()
+            text = self._cache[ck]
             texts.append(text)
             rects.append((*b.min(axis=0).tolist(), *b.max(axis=0).tolist()))
             cx, cy = float(b[:, 0].mean()), float(b[:, 1].mean())
             hit = [i for i, (left, top, right, bottom) in enumerate(page.bands)
                    if top <= cy < bottom and left <= cx < right]
+            line_of.append(hit[0] if hit else -1)
             if hit:
                 per_line[hit[0]].append((float(b[:, 0].min()), text))
             else:
                 stray += 1
         lines = [" ".join(t for _, t in sorted(parts) if t) for parts in per_line]
-        return PageResult(lines, len(boxes), stray, texts, rects)
+        return PageResult(lines, len(boxes), stray, texts, rects, line_of)
+
+
+def shift_pages(pages: List[Page], dx: int = 1, dy: int = 1) -> List[Page]:
+    """The pages moved right by ``dx`` and down by ``dy`` pixels (white fill, negative moves
+    left/up): a change no reader would notice, so FP32 against itself on these pages is the
+    noise floor of exact text agreement."""
+    out = []
+    h, w = pages[0].image.shape[:2] if pages else (0, 0)
+    for p in pages:
+        img = np.full_like(p.image, 255)
+        img[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            p.image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        out.append(Page(img, p.lines, [(l + dx, t + dy, r + dx, b + dy) for l, t, r, b in p.bands]))
+    return out
+
+
+def grow_boxes(boxes: np.ndarray, px: int = 1) -> np.ndarray:
+    """Each box's corners moved ``px`` pixels outward (away from the box centre)."""
+    b = np.asarray(boxes, np.int32).reshape(-1, 4, 2)
+    centre = b.mean(axis=1, keepdims=True)
+    return (b + np.sign(b - centre).astype(np.int32) * px).astype(np.int32)
+
+
+def compare_lines(ref: List[PageResult], got: List[PageResult], offset=(0, 0)) -> List[dict]:
+    """Line by line, why ``got`` reads a line differently from ``ref`` (FP32).
+
+    For every rendered line: whether the text is equal, equal once spaces are removed, the
+    number of boxes on the line in each run, the lowest IoU of a ``ref`` box with its best
+    match in ``got`` and the largest corner move in pixels between them. ``offset`` is the
+    (dx, dy) by which ``got``'s page was shifted; it is taken off before comparing boxes.
+    A line read differently with the same number of boxes is a crop difference (the same
+    FP32 recogniser saw slightly different crops); a different number is a segmentation
+    difference (a box split, merged, lost or added).
+    """
+    dx, dy = offset
+    rows = []
+    for r, g in zip(ref, got):
+        for i, (a, b) in enumerate(zip(r.lines, g.lines)):
+            ra = [x for x, k in zip(r.rects, r.line_of) if k == i]
+            gb = [(x0 - dx, y0 - dy, x1 - dx, y1 - dy) for (x0, y0, x1, y1), k in zip(g.rects, g.line_of) if k == i]
+            ious = box_iou(ra, gb)
+            move = [min((max(abs(p - q) for p, q in zip(x, y)) for y in gb), default=float("inf")) for x in ra]
+            rows.append({"equal": a == b, "equal_nospace": a.replace(" ", "") == b.replace(" ", ""),
+                         "boxes": (len(ra), len(gb)), "min_iou": min(ious, default=1.0),
+                         "max_move": max(move, default=0.0), "ref": a, "got": b})
+    return rows
