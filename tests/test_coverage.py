@@ -261,3 +261,19 @@ def test_peer_feeds_made_uniform_keep_every_sample():
         assert f["mask"][0].sum() == o.size  # padding is masked out
     same = [{"x": np.zeros((1, 3))}, {"x": np.ones((1, 3))}]
     assert peer.uniform_feeds(same) == (same, "")
+
+
+@pytest.mark.slow
+def test_ray_runner_gives_the_rows_the_local_pool_gives(tmp_path):
+    """The same jobs on a local Ray cluster (``ray.init(address="local")``) and on the
+    process pool: same rows, same metrics (each job is the same worker process)."""
+    pytest.importorskip("ray", reason="Ray is optional (pip install ray); the local pool is the default")
+    specs, skipped = cov.plan_jobs([zoo.get("digits_mlp")], ["fp32", "e4m3-std"], calib_samples=8, eval_samples=64)
+    cov.run_sweep(specs, skipped, tmp_path / "ray", ray_address="local", timeout=900, log=lambda *a: None)
+    cov.run_sweep(specs, skipped, tmp_path / "pool", jobs=2, timeout=900, log=lambda *a: None)
+    got = {job_key: r for r in cov.read_rows(tmp_path / "ray" / "results.jsonl") for job_key in [cov.job_key(r)]}
+    want = {cov.job_key(r): r for r in cov.read_rows(tmp_path / "pool" / "results.jsonl")}
+    assert set(got) == set(want) == {("digits_mlp", "fp32"), ("digits_mlp", "e4m3-std")}
+    for key in want:
+        assert got[key]["status"] == want[key]["status"] == "ok"
+        assert got[key]["metric"] == want[key]["metric"]

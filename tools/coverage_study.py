@@ -175,6 +175,11 @@ def _ray_runner(address: str, timeout: float):
     import ray
 
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    # Ship launch() by value: loaded from tools/ by file path (or as __main__), its module
+    # is not importable on Ray's workers.
+    module = sys.modules.get(launch.__module__)
+    if module is not None and module.__name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(module)
     remote = ray.remote(num_cpus=1)(launch)
 
     def run(specs, on_row):
