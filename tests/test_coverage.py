@@ -261,6 +261,13 @@ def test_peer_feeds_made_uniform_keep_every_sample():
         assert f["mask"][0].sum() == o.size  # padding is masked out
     same = [{"x": np.zeros((1, 3))}, {"x": np.ones((1, 3))}]
     assert peer.uniform_feeds(same) == (same, "")
+    # A streaming model's feeds (silero_vad): chunks [B, 576], state [2, B, 128], scalar sr.
+    rec = [{"input": rng.normal(size=(b, 576)), "state": rng.normal(size=(2, b, 128)), "sr": np.array(16000)}
+           for b in (3, 4)]
+    out, note = peer.uniform_feeds(rec)
+    assert len(out) == 7 and "split" in note
+    assert {(f["input"].shape, f["state"].shape, f["sr"].shape) for f in out} == {((1, 576), (2, 1, 128), ())}
+    assert np.array_equal(out[4]["state"][:, 0], rec[1]["state"][:, 1]) and np.array_equal(out[4]["input"][0], rec[1]["input"][1])
 
 
 @pytest.mark.slow

@@ -71,9 +71,8 @@ def uniform_feeds(feeds: List[Dict[str, np.ndarray]]) -> Tuple[List[Dict[str, np
     if len(shapes) <= 1:
         return feeds, ""
     notes = []
-    if len({tuple(v.shape[0] for v in f.values()) for f in feeds}) > 1:
-        feeds = [{k: v[i:i + 1] for k, v in f.items()} for f in feeds
-                 for i in range(next(iter(f.values())).shape[0])]
+    if len({tuple(v.shape[:1] for v in f.values()) for f in feeds}) > 1:
+        feeds = [single for f in feeds for single in _split_batch(f)]
         notes.append("batches split into single samples")
     if len({tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}) > 1:
         top = {k: np.max([f[k].shape for f in feeds], axis=0) for k in feeds[0]}
@@ -81,6 +80,17 @@ def uniform_feeds(feeds: List[Dict[str, np.ndarray]]) -> Tuple[List[Dict[str, np
                  for f in feeds]
         notes.append("zero-padded to one shape " + ", ".join(f"{k} {tuple(int(x) for x in t)}" for k, t in top.items()))
     return feeds, "; ".join(notes)
+
+
+def _split_batch(feed: Dict[str, np.ndarray]) -> List[Dict[str, np.ndarray]]:
+    """One feed per sample. The batch size is the first dim of the first input that has
+    dims; each input is cut along its first axis of that size (a recurrent state laid out
+    [layers, batch, hidden] is cut on axis 1); scalars and inputs without such an axis
+    (a sample rate) go to every sample unchanged."""
+    batch = next(v.shape[0] for v in feed.values() if v.ndim)
+    axes = {k: next((a for a, d in enumerate(v.shape) if d == batch), None) for k, v in feed.items()}
+    return [{k: v if axes[k] is None else np.take(v, [i], axis=axes[k]) for k, v in feed.items()}
+            for i in range(batch)]
 
 
 def quantize_peer(model: onnx.ModelProto, calib: Iterable[Dict[str, np.ndarray]], *,
