@@ -221,8 +221,11 @@ def _notes(s: dict) -> List[str]:
         "[, BatchNorm calibration]`)`: weights per channel, activations per tensor, every format emitted as "
         "`ai.fp8onnx` custom ops and run by `fp8onnx.runtime.InferenceSession` (exact FP8 rounding on the CPU, "
         "E3M4 included; no onnxruntime Q/DQ rewrites involved)."
-        + (f" BatchNorm calibration ran via: {', '.join(via)} (`pass` = BatchNormCalibration applied before "
-           "`compile_model`, the API not wiring `bn_calib` yet)." if via else ""),
+        + (f" BatchNorm calibration ran via: {', '.join(via)} (`api` = `compile_model(bn_calib=True)`; "
+           "`pass` = the same BatchNormCalibration pass applied before `compile_model`, in rows from before "
+           "the API wired it in)." if via else "")
+        + " Zoo entries' deployment options apply to every compile (silero_vad: `fix_inputs={\"sr\": 16000}`, "
+        "which inlines its If on the sample rate so calibration sees the network).",
         "- **peer**: onnxruntime `quantize_static` with `QuantType.QFLOAT8E4M3FN` weights and activations, "
         "QDQ, `CalibrationMethod.Distribution`; `peer` = no extra options (the documented call), `peer-sym` = "
         "`extra_options={\"ActivationSymmetric\": True}`. Each is scored in a default onnxruntime session "
