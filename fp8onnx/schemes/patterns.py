@@ -115,6 +115,31 @@ PATTERNS = {p.name: p for p in (
         PNode("mul", ("Mul",), ("%div", "#gamma"), commutative=True),
         PNode("add", ("Add",), ("%mul", "#beta"), commutative=True),
     )),
+    # LayerNorm in moments form, as jax2tf exports it (Magika): E[x], E[x^2] by ReduceSum
+    # times 1/n, var = max(0, E[x^2] - E[x]^2) broadcast back, (x - E[x]) / sqrt(var + eps)
+    # * gamma + beta. Quantizing inside it is catastrophic (E[x^2] - E[x]^2 cancels, the
+    # reciprocal square root reaches 1/sqrt(eps)), so it is one unit with only x quantized.
+    Pattern("layernorm_moments", "sum", (
+        PNode("sum", ("ReduceSum",), ("$x",)),
+        PNode("sq", ("Mul",), ("$x", "$x")),
+        PNode("sum2", ("ReduceSum",), ("%sq",)),
+        PNode("ex", ("Mul",), ("%sum", "$rn"), commutative=True),
+        PNode("ex2", ("Mul",), ("%sum2", "$rn"), commutative=True),
+        PNode("exsq", ("Mul",), ("%ex", "%ex")),
+        PNode("var", ("Sub",), ("%ex2", "%exsq")),
+        PNode("clamp", ("Max",), ("#zero", "%var"), commutative=True),
+        PNode("vr", ("Reshape",), ("%clamp",)),
+        PNode("vb", ("Expand",), ("%vr",)),
+        PNode("addeps", ("Add",), ("%vb", "#eps"), commutative=True),
+        PNode("sqrt", ("Sqrt",), ("%addeps",)),
+        PNode("rsqrt", ("Reciprocal",), ("%sqrt",)),
+        PNode("scale", ("Mul",), ("%rsqrt", "$gamma"), commutative=True),
+        PNode("mr", ("Reshape",), ("%ex",)),
+        PNode("mb", ("Expand",), ("%mr",)),
+        PNode("sub", ("Sub",), ("$x", "%mb")),
+        PNode("mul", ("Mul",), ("%sub", "%scale"), commutative=True),
+        PNode("add", ("Add",), ("%mul", "$beta"), commutative=True),
+    )),
     Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),)),
     # Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(6) : HardSwish as Paddle exports it; one
     # activation function, so the extended scheme inserts nothing inside it
