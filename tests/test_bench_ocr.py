@@ -5,26 +5,12 @@ disjoint from calibration, the noise-floor pages must be the same pages moved, a
 line must count as equal only when the text is. Checked against the rendered text and
 against hand-built results, not against the helpers' own output.
 """
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+import tool_modules
 
-
-def _load(name):
-    key = f"fp8onnx_tools_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, TOOLS / f"{name}.py")
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-pipe = _load("ocr_pipeline")
+pipe = tool_modules.load("ocr_pipeline")
 
 
 def test_eval_pages_are_real_prose_disjoint_from_calibration():

@@ -17,18 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tool_modules
+from tool_modules import TOOLS
+
 from fp8onnx import zoo
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _load(name):
-    key = f"fp8onnx_tools_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, TOOLS / f"{name}.py")
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+_load = tool_modules.load
 
 
 cov = _load("coverage_study")

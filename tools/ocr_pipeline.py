@@ -13,10 +13,8 @@ per rendered line, so a detector under test can be scored line by line against F
 """
 from __future__ import annotations
 
-import importlib.util
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, List
 
 import numpy as np
@@ -53,16 +51,9 @@ class PageResult:
 
 def det_model_path() -> str:
     """Path of rapidocr-onnxruntime's PP-OCRv4 detection model."""
-    from fp8onnx.zoo.ocr import HINT
-    from fp8onnx.zoo.base import ZooSkip
+    from fp8onnx.zoo.ocr import model_path
 
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooSkip(f"skipped: install {HINT}")
-    path = Path(list(spec.submodule_search_locations)[0], "models", "ch_PP-OCRv4_det_infer.onnx")
-    if not path.exists():
-        raise ZooSkip(f"skipped: {path} missing; reinstall {HINT}")
-    return str(path)
+    return str(model_path("ch_PP-OCRv4_det_infer.onnx"))
 
 
 def _wrap_px(words: List[str], font, max_px: float) -> Iterator[str]:

@@ -16,6 +16,7 @@ by default, a custom-op session for FP8 models); the session only needs
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
@@ -28,7 +29,7 @@ from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
-    "SPLITS", "cache_dir", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
+    "SPLITS", "cache_dir", "package_file", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
 ]
 
 Feeds = Dict[str, np.ndarray]
@@ -51,6 +52,18 @@ def require(module: str, hint: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise ZooSkip(f"skipped: install {hint}") from e
+
+
+def package_file(package: str, *parts: str, hint: str) -> Path:
+    """A data file inside an installed package, found without importing the package
+    (silero_vad's ``__init__`` imports torch); ZooSkip naming ``hint`` if it is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ZooSkip(f"skipped: install {hint}")
+    path = Path(list(spec.submodule_search_locations)[0], *parts)
+    if not path.exists():
+        raise ZooSkip(f"skipped: {path} missing; reinstall {hint}")
+    return path
 
 
 def cache_dir(*parts: str) -> Path:

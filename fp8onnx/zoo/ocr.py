@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, ZooSkip, require
+from .base import Feeds, ZooEntry, package_file, require
 
 __all__ = ["OcrDetEntry", "OcrRecEntry", "OcrClsEntry", "render_line", "render_page",
            "char_accuracy", "ocr_entries"]
@@ -47,14 +47,13 @@ PAGE_LINES = 6           # lines per detection page
 PAGE_SIZE = (640, 320)   # width, height: multiples of 32, as the DB detector needs
 
 
+def model_path(filename: str) -> Path:
+    """Path of one of rapidocr-onnxruntime's model files (ZooSkip if it is missing)."""
+    return package_file("rapidocr_onnxruntime", "models", filename, hint=HINT)
+
+
 def _package_model(filename: str) -> onnx.ModelProto:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooSkip(f"skipped: install {HINT}")
-    path = Path(list(spec.submodule_search_locations)[0], "models", filename)
-    if not path.exists():
-        raise ZooSkip(f"skipped: {path} missing; reinstall {HINT}")
-    return onnx.load(path)
+    return onnx.load(model_path(filename))
 
 
 @lru_cache(maxsize=4)

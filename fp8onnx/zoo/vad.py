@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, ZooSkip
+from .base import Feeds, ZooEntry, ZooSkip, package_file
 
 __all__ = ["SileroVADEntry", "onnx_path", "stream", "clips", "Clip"]
 
@@ -64,13 +64,7 @@ Clip = Tuple[np.ndarray, np.ndarray]   # (float32 audio at 16 kHz, bool speech p
 
 
 def onnx_path() -> Path:
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooSkip(f"skipped: install {HINT}")
-    path = Path(list(spec.submodule_search_locations)[0], "data", "silero_vad.onnx")
-    if not path.exists():
-        raise ZooSkip(f"skipped: {path} missing; reinstall {HINT}")
-    return path
+    return package_file("silero_vad", "data", "silero_vad.onnx", hint=HINT)
 
 
 def _espeak() -> str:
