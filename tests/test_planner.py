@@ -181,6 +181,35 @@ def test_subgraph_units_are_weights_only():
     assert plan.activation_tensors() == []
 
 
+def test_magnitude_is_one_unit_that_quantizes_its_operands_not_their_squares():
+    """Sqrt(a^2 + b^2) (an STFT magnitude): extended quantizes a and b; the squares, with
+    twice the dynamic range, stay float (E3M4 flushed 96% of Silero VAD's to zero)."""
+    import fp8onnx
+    from fp8onnx.evaluation import session_for
+
+    two = B.init("two", np.array(2, np.float32))
+    m = B.model([helper.make_node("Pow", ["re", "two"], ["p1"], name="pow_re"),
+                 helper.make_node("Pow", ["im", "two"], ["p2"], name="pow_im"),
+                 helper.make_node("Add", ["p1", "p2"], ["s"], name="power"),
+                 helper.make_node("Sqrt", ["s"], ["y"], name="mag")],
+                [B.vi("re", [64]), B.vi("im", [64])], [B.vi("y", [64])], [two])
+    u = units(plan_quantization(m, Recipe(scheme="extended")))
+    assert u["pow_re"].unit == "magnitude" and sorted(u["pow_re"].nodes) == ["mag", "pow_im", "pow_re", "power"]
+    assert sorted({x.tensor for x in u["pow_re"].activation_uses}) == ["im", "re"]
+    assert "power" not in u  # the Add is inside the unit, not an element-wise unit of its own
+    # numerically: the FP8 model is sqrt(fq(re)^2 + fq(im)^2) with fq the E3M4 fake quant
+    r = B.rng(1)
+    feeds = [{"re": (r.normal(size=64) * 10 ** r.uniform(-3, 1, 64)).astype(np.float32),
+              "im": (r.normal(size=64) * 10 ** r.uniform(-3, 1, 64)).astype(np.float32)} for _ in range(4)]
+    q = fp8onnx.compile(m, calibration=feeds, format="e3m4", scheme="extended", emit="emulate")
+    from fp8onnx.kernels import fake_quant
+    amax = {k: max(float(np.abs(f[k]).max()) for f in feeds) for k in ("re", "im")}
+    fq = lambda x, k: fake_quant("e3m4", x, np.float32(amax[k] / 30.0))  # noqa: E731  E3M4 max = 30
+    want = np.sqrt(fq(feeds[0]["re"], "re") ** 2 + fq(feeds[0]["im"], "im") ** 2)
+    got = session_for(q).run(None, feeds[0])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+
+
 def test_decomposed_hardswish_is_one_float_unit_in_extended():
     r = B.rng()
     m = B.model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),

@@ -14,6 +14,7 @@ EXTENDED = STANDARD.extend("extended", (
     UnitSpec("layernorm", P["layernorm"], activations=("x",)),
     UnitSpec("layernorm_moments", P["layernorm_moments"], activations=("x",)),
     UnitSpec("batchnorm", P["batchnorm"], activations=("x",)),
+    UnitSpec("magnitude", P["magnitude"], activations=("a", "b")),
     UnitSpec("hardswish", P["hardswish_decomposed"]),  # claims its nodes: nothing inside
     UnitSpec("add", P["add"], activations=("a", "b")),
     UnitSpec("mul", P["mul"], activations=("a", "b")),

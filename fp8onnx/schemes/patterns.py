@@ -141,6 +141,15 @@ PATTERNS = {p.name: p for p in (
         PNode("add", ("Add",), ("%mul", "$beta"), commutative=True),
     )),
     Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),)),
+    # Sqrt(a^2 + b^2) : a magnitude, as an STFT front end computes it (Silero VAD). The
+    # squares span twice the octaves of a and b (E3M4 flushes 96% of them to zero), so
+    # the unit quantizes a and b and computes the magnitude in float.
+    Pattern("magnitude", "pa", (
+        PNode("pa", ("Pow",), ("$a", "#two")),
+        PNode("pb", ("Pow",), ("$b", "#two2")),
+        PNode("add", ("Add",), ("%pa", "%pb")),
+        PNode("sqrt", ("Sqrt",), ("%add",)),
+    )),
     # Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(6) : HardSwish as Paddle exports it; one
     # activation function, so the extended scheme inserts nothing inside it
     Pattern("hardswish_decomposed", "add", (
