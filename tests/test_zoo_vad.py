@@ -82,7 +82,7 @@ def test_e4m3_emulated_keeps_decisions(entry):
     r = fp8onnx.compile_model(entry.load(), format="e4m3", calibration=list(entry.calib_feeds(4)),
                               emit="emulate")
     # Both If branches' 6 Convs get FP8 weights (activations inside If bodies stay float).
-    assert r.report["summary"]["quantized_by_op"] == {"Conv": {"e4m3": 12}}
+    assert r.report["summary"]["quantized_by_op"] == {"Conv": {"e4m3": 12}, "LSTM": {"e4m3": 2}}  # weights only: in If branches
     f1 = entry.evaluate(r.model, n=8, session_factory=InferenceSession)
     # Measured on the 16 eval clips: F1 0.994, mean |dp| 0.008.
     assert f1 >= 0.97 and entry.last_details["mean_abs_prob_diff"] < 0.03
@@ -135,10 +135,11 @@ def test_fixed_rate_quantizes_the_activations(entry):
 
     r = fp8onnx.compile_model(entry.load(), fix_inputs={"sr": 16000}, format="e4m3",
                               calibration=list(entry.calib_feeds(4)), emit="emulate")
-    # The 6 Convs of the 16 kHz network, now in the main graph: weights and activations.
-    assert r.report["summary"]["quantized_by_op"] == {"Conv": {"e4m3": 6}}
-    assert [(bool(u.weight_uses), bool(u.activation_uses), u.graph_path) for u in r.plan.units] == [
-        (True, True, "main")] * 6
+    # The 6 Convs and the LSTM of the 16 kHz network, now in the main graph: weights and
+    # activations (the LSTM's other branch, on the state's shape, is gone with its If).
+    assert r.report["summary"]["quantized_by_op"] == {"Conv": {"e4m3": 6}, "LSTM": {"e4m3": 1}}
+    assert [(bool(u.weight_uses), bool(u.activation_uses), u.graph_path)
+            for u in r.plan.units if u.status != "float"] == [(True, True, "main")] * 7
     assert [v.name for v in r.model.graph.input] == ["input", "state"]
     f1 = entry.evaluate(r.model, n=8, session_factory=InferenceSession)
     # Measured on the 16 eval clips with 32 calibration clips: F1 0.991, mean |dp| 0.010.

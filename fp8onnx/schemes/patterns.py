@@ -98,6 +98,10 @@ PATTERNS = {p.name: p for p in (
     Pattern("matmul_act", "mm", (PNode("mm", ("MatMul",), ("$a", "$b")),), (not_constant("a", "b"),)),
     _with_act("gemm_act", PNode("gemm", ("Gemm",), ("$x", "$w")), (constant_weight("w"),)),
     Pattern("gemm", "gemm", (PNode("gemm", ("Gemm",), ("$x", "$w")),), (constant_weight("w"),)),
+    # LSTM(x, W, R, ...) : input and recurrence weights per gate row, the sequence input;
+    # the recurrence itself (h_t, c_t) runs inside the op, in float
+    Pattern("lstm", "lstm", (PNode("lstm", ("LSTM",), ("$x", "$w", "$r")),),
+            (constant_weight("w"), constant_weight("r"))),
     # Gather(Table, ids) : an embedding lookup, weights only
     Pattern("embedding", "gather", (PNode("gather", ("Gather",), ("$table", "$ids")),),
             (constant_weight("table", "table"), weight_rank_at_least("table", 2), gather_axis_zero)),

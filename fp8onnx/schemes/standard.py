@@ -2,7 +2,8 @@
 
 Conv, ConvTranspose, Gemm and MatMul get FP8 weights (per output channel) and FP8
 activations (per tensor); MatMul of two activations gets both inputs quantized; an
-embedding Gather gets FP8 weights only. Softmax is never quantized.
+embedding Gather gets FP8 weights only; LSTM gets FP8 input and recurrence weights (per
+gate row) and an FP8 sequence input. Softmax is never quantized.
 """
 from .patterns import PATTERNS as P
 from .spec import Scheme, UnitSpec, WeightSpec as W
@@ -27,4 +28,6 @@ STANDARD = Scheme("standard", (
     UnitSpec("gemm_act", P["gemm_act"], **_GEMM),
     UnitSpec("gemm", P["gemm"], **_GEMM),
     UnitSpec("embedding", P["embedding"], weights=(W("table", 0),)),
-), "Conv, ConvTranspose, Gemm, MatMul (weights and activation x activation), embedding Gather")
+    # W [directions, 4*hidden, input], R [directions, 4*hidden, hidden]: one scale per gate row
+    UnitSpec("lstm", P["lstm"], activations=("x",), weights=(W("w", 1), W("r", 1))),
+), "Conv, ConvTranspose, Gemm, MatMul (weights and activation x activation), embedding Gather, LSTM")
