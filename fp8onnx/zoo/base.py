@@ -19,7 +19,8 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -126,7 +127,7 @@ class ZooEntry:
     split: str = "eval"
     #: Deployment settings every compile of this model takes (e.g. ``{"fix_inputs": {"sr":
     #: 16000}}`` for a model served at one sample rate); benchmarks pass them on.
-    compile_options: Dict[str, Any] = {}
+    compile_options: Mapping[str, Any] = MappingProxyType({})  # read-only: shared by the class
 
     def __init__(self):
         self._model: Optional[onnx.ModelProto] = None

@@ -40,6 +40,7 @@ import tempfile
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Iterator, List, Tuple
 
 import numpy as np
@@ -234,7 +235,7 @@ class SileroVADEntry(ZooEntry):
     default_eval_n = 16
     requires = (("scipy", SCIPY_HINT),)
     # Deployed at 16 kHz: the If on sr is inlined, so calibration sees the network's tensors.
-    compile_options = {"fix_inputs": {"sr": 16000}}
+    compile_options = MappingProxyType({"fix_inputs": {"sr": 16000}})
 
     def check_available(self) -> None:
         onnx_path()                 # find_spec: importing silero_vad would import torch
