@@ -62,16 +62,20 @@ def make_recipe(recipe: Union[None, str, dict, Recipe] = None, **options) -> Rec
     return Recipe.from_dict(base)
 
 
-def prepare(model: onnx.ModelProto, *, opset: int = 19, instruments=(), skip=()) -> onnx.ModelProto:
+def prepare(model: onnx.ModelProto, *, opset: int = 19, instruments=(), skip=(),
+            fix_inputs: Optional[dict] = None) -> onnx.ModelProto:
     """The preparation pipeline, in place on ``model``; returns the prepared model.
 
-    Ifs whose condition is known are inlined after constants are folded and shapes
+    ``fix_inputs`` first turns those inputs into constants (FixInputs). Ifs whose condition is known are inlined after constants are folded and shapes
     inferred; as long as that inlines something, folding, inference and inlining run
     again (an inlined ``Equal(const, const)`` or ``Shape(x)[i]`` may decide a nested If).
     """
-    from .passes import (FoldConstants, InferShapes, InlineConstantIf, LiftConstants, NameNodes,
+    from .passes import (FixInputs, FoldConstants, InferShapes, InlineConstantIf, LiftConstants, NameNodes,
                          TopologicalSort, UpgradeOpset)
 
+    if fix_inputs:
+        model = PassManager([FixInputs(fix_inputs)], instruments=instruments, skip=skip,
+                            name="fix_inputs")(model).model
     inline = InlineConstantIf()
     model = PassManager([LiftConstants(), UpgradeOpset(target=opset), FoldConstants(), InferShapes(), inline],
                         instruments=instruments, skip=skip, name="prepare")(model).model
@@ -93,7 +97,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     else (the recipe records it), so Ifs on them are inlined and their contents quantized
     like the rest; calibration feeds may still hold them (with the same values).
     """
-    from .passes import Annotate, FixInputs, InsertQDQ, TopologicalSort
+    from .passes import Annotate, InsertQDQ, TopologicalSort
 
     t0 = time.perf_counter()
     if fix_inputs is not None and isinstance(fix_inputs, dict):
@@ -105,10 +109,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     work.CopyFrom(source)  # the only copy: every pass after this edits ``work`` in place
     timing = Timing()
     instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
-    if recipe.fix_inputs:
-        work = PassManager([FixInputs(recipe.fix_inputs)], instruments=instruments, skip=skip,
-                           name="fix_inputs")(work).model
-    work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip)
+    work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip, fix_inputs=recipe.fix_inputs)
     plan = plan_quantization(work, recipe)
 
     amax = {}

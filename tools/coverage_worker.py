@@ -157,11 +157,8 @@ def _tune_ours(entry, calib, spec, n):
 def _specialized(entry):
     """The entry's FP32 model as the compiler prepares it, its deployment inputs fixed."""
     from fp8onnx.api import prepare
-    from fp8onnx.passes.fix_inputs import FixInputs
 
-    model = entry.load()
-    fixed = entry.compile_options.get("fix_inputs")
-    return prepare(FixInputs(fixed)(model).model if fixed else model)
+    return prepare(entry.load(), fix_inputs=entry.compile_options.get("fix_inputs"))
 
 
 def run_job(spec: dict) -> dict:

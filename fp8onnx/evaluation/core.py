@@ -383,13 +383,10 @@ def _prepared(fm: onnx.ModelProto, fixed: Optional[dict] = None) -> onnx.ModelPr
     """The float model after the compiler's preparation (folded weights and inlined If
     branches get their names there), specialized first to ``fixed`` input values."""
     from ..api import prepare
-    from ..passes.fix_inputs import FixInputs
 
     m = onnx.ModelProto()
     m.CopyFrom(fm)
-    if fixed:
-        m = FixInputs(fixed)(m).model
-    return prepare(m)
+    return prepare(m, fix_inputs=fixed)
 
 
 def node_pattern(node: str) -> str:
