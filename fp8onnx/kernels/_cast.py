@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _fq_float, _params, _q_float,
-                    _round_int8, decode_table)
+from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _fq_float, _fq_float_sat, _params,
+                    _q_float, _round_int8, decode_table)
 
 __all__ = [
     "fake_quant_tensor", "fake_quant_axis", "quantize_tensor", "quantize_axis",
@@ -54,6 +54,11 @@ def _fq_row(x, out, scale, fmt_id, p):
             out[i] = _round_int8(x[i] / scale) * scale
     else:
         emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
+        if ovf == fmax and zsign != 0 and lo_band == hi_band:
+            for i in range(x.size):
+                out[i] = _fq_float_sat(x[i] / scale, scale, emin_bits, emax_bits, c_add,
+                                       fmax, nan)
+            return
         for i in range(x.size):
             out[i] = _fq_float(x[i] / scale, scale, emin_bits, emax_bits, c_add, fmax, ovf,
                                nan, zsign, lo_band, hi_band, band)
