@@ -24,7 +24,10 @@ repeat. The float model also runs in fp8onnx's session (``wall/float(fp8onnx)`` 
 relative to it): that session drives the wheel's libonnxruntime, a second copy of ONNX
 Runtime beside the one linked into onnxruntime's Python module, and alternating
 between the two cost it ~40 us per call on the digits CNN (13 us when run alone). ``--profile`` adds each
-variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler).
+variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler),
+and where FakeQuant's time goes: ns per element on tensors of 256K elements or more
+(memory bandwidth: a copy costs about the same) and the time per call on tensors under
+1K elements (onnxruntime's per-node cost, as for its own tiny ops).
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
     python tools/bench_runtime.py --elements 4194304 --repeats 7
@@ -386,6 +389,36 @@ def profile_line(label, session, profile_dir, tag):
                       ("Conv", "FakeQuant", "ReorderInput", "ReorderOutput", "QuantizeLinear",
                        "DequantizeLinear") if per_op[op])
     print(f"    {label:38s} {reorders:4d} Reorder nodes; kernel time: {share}")
+    fq = fake_quant_costs(events)
+    if fq:
+        print(f"    {'':38s} FakeQuant: {fq}")
+
+
+def fake_quant_costs(events):
+    """Where FakeQuant time goes: ns per element on large tensors (bandwidth) and the
+    per-call time of tiny ones (onnxruntime's per-node cost), from one profile."""
+    import collections
+    import statistics
+
+    runs, size = collections.defaultdict(list), {}
+    for e in events:
+        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["args"].get("op_name") == "FakeQuant"):
+            runs[e["name"]].append(e["dur"])
+            size[e["name"]] = int(e["args"].get("output_size", 0)) // 4
+    if not runs:
+        return ""
+    per_node = {k: statistics.median(v) for k, v in runs.items()}
+    large = [k for k in runs if size[k] >= 1 << 18]
+    tiny = [k for k in runs if size[k] < 1 << 10]
+    out = f"{len(runs)} nodes, {sum(per_node.values()):.0f} us per run"
+    if large:
+        ns = 1000 * sum(per_node[k] for k in large) / sum(size[k] for k in large)
+        out += f"; {len(large)} tensors >= 256K elements at {ns:.3f} ns/element"
+    if tiny:
+        out += (f"; {len(tiny)} tensors < 1K elements at "
+                f"{statistics.median(per_node[k] for k in tiny):.1f} us per call")
+    return out
 
 
 def part3(names, threads_list, repeats, profile):
