@@ -235,3 +235,38 @@ def test_initializer_listed_as_graph_input_is_not_a_constant_weight():
     plan = plan_quantization(m, Recipe())
     (f,) = [f for f in plan.float_nodes if f.node == "fc"]
     assert "graph input that callers may override" in f.reason
+
+
+def test_extended_skips_what_deployment_fuses_into_a_conv():
+    # Paddle writes Conv -> Add(bias) and Conv -> BatchNormalization; onnxruntime and
+    # TensorRT fuse both into the Conv, so the raw Conv output is no quantization point.
+    # The same ops fed by anything else stay units of the extended scheme.
+    r = B.rng()
+    w = lambda name: B.init(name, r.normal(size=(2, 2, 1, 1)).astype(np.float32))
+    bn = [B.init(f"bn.{k}", v) for k, v in (("s", np.ones(2, np.float32)), ("b", np.zeros(2, np.float32)),
+                                              ("m", np.zeros(2, np.float32)), ("v", np.ones(2, np.float32)))]
+    bias = B.init("bias", r.normal(size=(1, 2, 1, 1)).astype(np.float32))
+    m = B.model([helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+                 helper.make_node("Add", ["c1", "bias"], ["b1"], name="bias_add"),
+                 helper.make_node("Conv", ["b1", "w2"], ["c2"], name="conv2"),
+                 helper.make_node("BatchNormalization", ["c2", "bn.s", "bn.b", "bn.m", "bn.v"], ["n2"], name="bn_conv"),
+                 helper.make_node("Add", ["n2", "b1"], ["r"], name="residual"),
+                 helper.make_node("BatchNormalization", ["r", "bn.s", "bn.b", "bn.m", "bn.v"], ["n3"], name="bn_alone"),
+                 helper.make_node("Conv", ["n3", "w3"], ["c3"], name="conv3"),
+                 helper.make_node("Add", ["c3", "bias"], ["y"], name="shared_add"),
+                 helper.make_node("Relu", ["c3"], ["z"], name="relu")],
+                [B.vi("x", [1, 2, 4, 4])], [B.vi("y", [1, 2, 4, 4]), B.vi("z", [1, 2, 4, 4])],
+                [w("w1"), w("w2"), w("w3"), bias] + bn)
+    plan = plan_quantization(m, Recipe(scheme="extended"))
+    u = units(plan)
+    reasons = {f.node: f.reason for f in plan.float_nodes}
+    assert "bias_add" not in u and "fuses" in reasons["bias_add"] and "conv1" in reasons["bias_add"]
+    assert "bn_conv" not in u and "folds" in reasons["bn_conv"]
+    acts = lambda node: sorted(a.tensor for a in u[node].activation_uses)
+    assert acts("residual") == ["b1", "n2"]
+    assert acts("bn_alone") == ["r"]
+    # c3 is also read by the Relu: no single node takes the bias, so the Add stays a unit
+    assert acts("shared_add") == ["c3"]
+    # the standard scheme never had these units
+    std = units(plan_quantization(m, Recipe()))
+    assert not {"bias_add", "bn_conv", "residual", "bn_alone", "shared_add"} & set(std)

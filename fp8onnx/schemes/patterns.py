@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import onnx
 from onnx import TensorProto
 
 from ..pattern import Match, PNode, Pattern
@@ -59,6 +60,38 @@ def not_constant(*vars_: str):
 def gather_axis_zero(m: Match) -> Optional[str]:
     axis = next((a.i for a in m.anchor.attribute if a.name == "axis"), 0)
     return None if axis == 0 else f"Gather axis is {axis}, not an embedding lookup"
+
+
+_FOLDS_INTO = ("Conv", "ConvTranspose")
+_TAKES_BIAS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _sole_output_of(m: Match, name: str, ops) -> Optional[onnx.NodeProto]:
+    """The node among ``ops`` whose output ``name`` is read by this unit alone, else None."""
+    p = m.index.producer.get(name)
+    if p is None or p.op_type not in ops or name in m.index.graph_outputs:
+        return None
+    return p if len(m.index.consumers[name]) == 1 else None
+
+
+# A BatchNormalization or a constant bias Add that alone reads a Conv's (or a MatMul's)
+# output is fused into that node by every deployment (onnxruntime, TensorRT) and by the
+# paper's tooling before it quantizes, so the raw output is no tensor of the deployed
+# model. Paddle exports write both: quantizing them added 53 FP8 points to PP-OCR cls
+# (35 BN and 18 bias Adds) that no deployment has.
+
+def not_folded_into_conv(m: Match) -> Optional[str]:
+    p = _sole_output_of(m, m.vars["x"], _FOLDS_INTO)
+    return f"follows {p.op_type} {p.name!r}, into which deployment folds it" if p else None
+
+
+def not_a_bias_add(m: Match) -> Optional[str]:
+    a, b = m.vars["a"], m.vars["b"]
+    for act, other in ((a, b), (b, a)):
+        p = _sole_output_of(m, act, _TAKES_BIAS) if m.index.is_constant(other) else None
+        if p is not None:
+            return f"adds a constant bias to {p.op_type} {p.name!r}, which deployment fuses"
+    return None
 
 
 # --- patterns ------------------------------------------------------------------------
@@ -144,7 +177,9 @@ PATTERNS = {p.name: p for p in (
         PNode("mul", ("Mul",), ("%sub", "%scale"), commutative=True),
         PNode("add", ("Add",), ("%mul", "$beta"), commutative=True),
     )),
-    Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),)),
+    # BatchNormalization(x) on its own (not after a Conv, which absorbs it)
+    Pattern("batchnorm", "bn", (PNode("bn", ("BatchNormalization",), ("$x",)),),
+            (not_folded_into_conv,)),
     # Sqrt(a^2 + b^2) : a magnitude, as an STFT front end computes it (Silero VAD). The
     # squares span twice the octaves of a and b (E3M4 flushes 96% of them to zero), so
     # the unit quantizes a and b and computes the magnitude in float.
@@ -162,7 +197,7 @@ PATTERNS = {p.name: p for p in (
         PNode("mul", ("Mul",), ("$x", "%clip"), commutative=True),
         PNode("div", ("Div", "Mul"), ("%mul", "#sixth")),
     )),
-    Pattern("add", "op", (PNode("op", ("Add",), ("$a", "$b")),)),
+    Pattern("add", "op", (PNode("op", ("Add",), ("$a", "$b")),), (not_a_bias_add,)),
     Pattern("mul", "op", (PNode("op", ("Mul",), ("$a", "$b")),)),
     Pattern("div", "op", (PNode("op", ("Div",), ("$a", "$b")),)),
 )}
