@@ -1,9 +1,10 @@
 """The coverage study tool (tools/coverage_study.py): real jobs in real subprocesses.
 
-The default-suite fixture runs one small sweep (digits_mlp: FP32, E4M3, INT8, the peer
-and a job with an unknown format that must fail) and the tests check its rows, the
-markdown's counts against a recount from the rows, the PNGs, resuming and skipping.
-The full ``--quick`` sweep (3 models x 19 configurations) is marked slow.
+The default-suite fixture runs one small sweep (digits_mlp: FP32, E4M3, E3M4 weights with
+E4M3 activations, a tuned job, the peer and a job with an unknown format that must fail)
+and the tests check its rows, the markdown's counts against a recount from the rows, the
+PNGs, resuming and skipping. Hand-made rows check the report's counting rules (fixed
+recipes apart from best-of selections). The full ``--quick`` sweep is marked slow.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _png_ok(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("coverage")
-    configs = ["fp32", "e4m3-std", "e9m9-std", "peer", "e5m2-std-tuned"]  # e9m9: not a format, must fail
+    configs = ["fp32", "e4m3-std", "e3m4w.e4m3a-std", "e9m9-std", "peer", "e5m2-std-tuned"]  # e9m9: must fail
     specs, skipped = cov.plan_jobs([zoo.get("digits_mlp")], configs, calib_samples=8, eval_samples=64)
     launcher = CountingLauncher()
     launched = cov.run_sweep(specs, skipped, out, jobs=2, timeout=600, launcher=launcher, log=lambda *a: None)
@@ -78,9 +79,9 @@ def sweep(tmp_path_factory):
 
 def test_rows_are_complete(sweep):
     rows = {r["config"]: r for r in sweep["rows"]}
-    assert set(rows) == {"fp32", "e4m3-std", "e9m9-std", "peer", "e5m2-std-tuned"}
-    assert len(sweep["launcher"].calls) == 5
-    for cfg in ("fp32", "e4m3-std", "peer", "e5m2-std-tuned"):
+    assert set(rows) == {"fp32", "e4m3-std", "e3m4w.e4m3a-std", "e9m9-std", "peer", "e5m2-std-tuned"}
+    assert len(sweep["launcher"].calls) == 6
+    for cfg in ("fp32", "e4m3-std", "e3m4w.e4m3a-std", "peer", "e5m2-std-tuned"):
         r = rows[cfg]
         assert r["status"] == "ok", r
         for key in OK_FIELDS:
@@ -96,14 +97,29 @@ def test_rows_are_complete(sweep):
     # quantized weights are stored as 1-byte codes: the file shrinks about 4x
     assert rows["e4m3-std"]["size_bytes"] < 0.35 * rows["fp32"]["size_bytes"]
     assert "metric_safe" in rows["peer"]
+    # formats as the compiled model's stored recipe says, not as the job asked
+    assert rows["e3m4w.e4m3a-std"]["recipe_formats"] == ["e3m4", "e4m3"]
+    assert rows["e4m3-std"]["recipe_formats"] == ["e4m3", "e4m3"]
+    assert rows["e3m4w.e4m3a-std"]["size_bytes"] < 0.35 * rows["fp32"]["size_bytes"]
 
 
 def test_failed_job_is_recorded_and_the_rest_continue(sweep):
     rows = {r["config"]: r for r in sweep["rows"]}
     bad = rows["e9m9-std"]
     assert bad["status"].startswith("failed: ") and "e9m9" in bad["status"]
-    assert sum(r["status"] == "ok" for r in sweep["rows"]) == 4
+    assert sum(r["status"] == "ok" for r in sweep["rows"]) == 5
     assert "e9m9-std" in sweep["md"] and "## Failed jobs" in sweep["md"]
+
+
+def _table_row(md: str, first_cell: str) -> dict:
+    """The markdown table line starting with ``| first_cell |`` as {header: cell}."""
+    lines = md.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_cell} |"))
+    h = i
+    while not lines[h - 1].startswith("|---"):
+        h -= 1
+    split = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]  # noqa: E731
+    return dict(zip(split(lines[h - 2]), split(lines[i])))
 
 
 def test_markdown_counts_equal_a_recount(sweep):
@@ -114,16 +130,20 @@ def test_markdown_counts_equal_a_recount(sweep):
         r = next(r for r in rows if r["config"] == cfg)
         return int(r["status"] == "ok" and (fp32 - r["metric"]) / fp32 <= 0.01)
 
-    line = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| standard |"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    # | standard | E5M2 | E4M3 | E3M4 | best FP8 | INT8 |
-    assert cells[1] == "not run" and cells[3] == "not run"
-    assert cells[2].startswith(f"{within('e4m3-std')}/1 ")
-    assert cells[4] == f"**{cells[2]}**"  # E4M3 is the only FP8 format run
-    assert cells[5] == "not run"
+    std = _table_row(sweep["md"], "standard")  # the fixed-recipe table
+    assert list(std) == ["setting", "E5M2", "E4M3", "E3M4", "W E3M4 / A E4M3", "INT8"]  # no column for e9m9
+    assert std["E5M2"] == std["E3M4"] == std["INT8"] == "not run"
+    assert std["E4M3"].startswith(f"{within('e4m3-std')}/1 ")
+    assert std["W E3M4 / A E4M3"].startswith(f"{within('e3m4w.e4m3a-std')}/1 ")
+    # best FP8 of the standard scheme chooses among the two FP8 configurations that ran
+    best = _table_row(sweep["md"], "standard: best FP8 format per model")
+    assert best["among (k configurations)"] == "E4M3, W E3M4 / A E4M3 x standard (2)"
+    assert best["FP8"].startswith(f"**{max(within('e4m3-std'), within('e3m4w.e4m3a-std'))}/1 ")
     peer = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| defaults"))
     assert peer.split("|")[2].strip().startswith(f"{within('peer')}/1 ")
-    assert "| standard + BN calib | not run |" in sweep["md"]
+    assert _table_row(sweep["md"], "standard + BN calib")["E4M3"] == "not run"
+    per_model = _table_row(sweep["md"], "digits_mlp")
+    assert per_model["W E3M4 / A E4M3"].strip("*") == f"{100 * (fp32 - next(r['metric'] for r in rows if r['config'] == 'e3m4w.e4m3a-std')) / fp32:.2f}%"
 
 
 def test_tuned_row_reports_its_search(sweep):
@@ -136,11 +156,11 @@ def test_tuned_row_reports_its_search(sweep):
     if not t["op_types"]:  # only node fallbacks: each one is a MatMul whose weight stays float
         assert t["weights_fp8"] == gemms - len(t["nodes_float"])
     assert t["met_on_calib"] == (t["calib_loss"] <= 0.01)
-    line = next(ln for ln in sweep["md"].splitlines() if ln.startswith("| standard + accuracy-aware tuning |"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
+    cells = _table_row(sweep["md"], "standard + accuracy-aware tuning")
     fp32 = by["fp32"]["metric"]
-    assert cells[1].startswith(f"{int((fp32 - by['e5m2-std-tuned']['metric']) / fp32 <= 0.01)}/1 ")
-    assert "best of all five settings" in sweep["md"]
+    assert cells["E5M2"].startswith(f"{int((fp32 - by['e5m2-std-tuned']['metric']) / fp32 <= 0.01)}/1 ")
+    best = _table_row(sweep["md"], "best of every setting, tuning included")
+    assert best["among (k configurations)"].endswith("E5M2 x standard + accuracy-aware tuning (3)")
 
 
 def test_pngs_are_valid(sweep):
@@ -199,13 +219,80 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 3 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + 3 + 2 and names[0] == "fp32"
+    assert {"e3m4w.e4m3a-std", "e4m3w.e3m4a-std", "e3m4w.e4m3a-std-bn", "e4m3w.e3m4a-std-bn"} <= set(names)
+    assert cov.config_spec("e3m4w.e4m3a-std-bn") == {"kind": "ours", "weight_format": "e3m4",
+                                                     "activation_format": "e4m3", "scheme": "standard",
+                                                     "bn_calib": True}
+    assert cov.format_token("e4m3", "e4m3") == "e4m3" and cov.format_token("e4m3", "e3m4") == "e4m3w.e3m4a"
+    for w in ("e4m3", "e3m4", "e5m2"):
+        for a in ("e4m3", "e3m4"):  # the name says back what it was made from
+            assert cov.parse_format(cov.format_token(w, a)) == (w, a)
+            assert report.split_config(f"{cov.format_token(w, a)}-ext-bn") == (cov.format_token(w, a), (w, a),
+                                                                               ("ext", "-bn"))
+    for bad in ("e3m4.e4m3-std", "e4m3a.e3m4w-std", "e3m4w.-std", "e3m4w.e4m3a-std-tuned"):
+        with pytest.raises(ValueError):
+            cov.config_spec(bad)
+    assert [report.split_config(c) for c in ("fp32", "peer-sym", "e4m3-wide")] == [None, None, None]
     assert cov.config_spec("e3m4-ext-bn") == {"kind": "ours", "format": "e3m4", "scheme": "extended",
                                               "bn_calib": True}
     assert cov.config_spec("int8-std-tuned")["kind"] == "tuned"
     assert {cov.config_spec(n)["kind"] for n in names} == {"fp32", "ours", "tuned", "peer"}
     with pytest.raises(ValueError, match="unknown configuration"):
         cov.config_spec("e4m3-wide")
+
+
+def _rows(losses: dict) -> list:
+    """Hand-made results rows: FP32 metric 1.0 per model, ``metric = 1 - loss`` (None = failed)."""
+    rows = []
+    for model, (domain, cfgs) in losses.items():
+        rows.append({"model": model, "config": "fp32", "kind": "fp32", "status": "ok", "metric": 1.0,
+                     "domain": domain, "family": "cnn", "eval_samples": 100, "fp32_size_bytes": 1e6})
+        for cfg, loss in cfgs.items():
+            rows.append({"model": model, "config": cfg, "kind": "ours", "status": "ok" if loss is not None
+                         else "failed: RuntimeError: boom", "metric": None if loss is None else 1.0 - loss})
+    return rows
+
+
+def test_report_counts_fixed_recipes_apart_from_selections(tmp_path):
+    """Three models, single and mixed formats: each fixed cell, each best-of row and the
+    default-recipe line recounted by hand; a failed mixed job counts as not within."""
+    rows = _rows({
+        "a": ("cv", {"e4m3-std": 0.005, "e3m4-std": 0.02, "e3m4w.e4m3a-std": 0.02, "int8-std": 0.0,
+                     "e4m3-std-bn": 0.03}),
+        "b": ("nlp", {"e4m3-std": 0.02, "e3m4-std": 0.02, "e3m4w.e4m3a-std": 0.008, "int8-std": 0.05,
+                      "e4m3-std-bn": 0.03}),
+        "c": ("cv", {"e4m3-std": 0.05, "e3m4-std": 0.05, "e3m4w.e4m3a-std": None, "int8-std": 0.05,
+                     "e4m3-std-bn": 0.05}),
+    })
+    s = report.summarize(rows)
+    assert s["formats"] == ["e5m2", "e4m3", "e3m4", "e3m4w.e4m3a", "int8"]
+    std = s["within"][("std", "")]
+    assert (std["e4m3"], std["e3m4"], std["e3m4w.e4m3a"], std["int8"], std["e5m2"]) == ((1, 3), (0, 3), (1, 3),
+                                                                                         (1, 3), None)
+    assert std["best_fp8"] == (2, 3) and s["best_over"][("std", "")] == ["e4m3", "e3m4", "e3m4w.e4m3a"]
+    sel = {x["label"]: x for x in s["selections"]}
+    assert sel["best of every untuned setting, single formats only"]["fp8"] == (1, 3)  # a only
+    assert sel["best of every untuned setting, mixed formats included"]["fp8"] == (2, 3)  # a, b
+    assert sel["best of every untuned setting, mixed formats included"]["int8"] is None  # one INT8 recipe
+    md = report.render_markdown(s)
+    fixed = _table_row(md, "standard")
+    assert fixed == {"setting": "standard", "E5M2": "not run", "E4M3": "1/3 (33%)", "E3M4": "0/3 (0%)",
+                     "W E3M4 / A E4M3": "1/3 (33%)", "INT8": "1/3 (33%)"}
+    assert "- The library's default recipe (E4M3, standard scheme): **1/3 (33%)**." in md
+    assert "The 4 untuned FP8 recipes range from 0/3 (0%) to 1/3 (33%)" in md
+    best = _table_row(md, "best of every untuned setting, mixed formats included")
+    assert best["among (k configurations)"] == ("E4M3, E3M4, W E3M4 / A E4M3 x standard; "
+                                                "E4M3 x standard + BN calib (4)")
+    assert best["FP8"] == "**2/3 (67%)**" and best["INT8"] == "—"
+    assert "selection on the test set" in md
+    c = _table_row(md, "c")
+    assert c["W E3M4 / A E4M3"] == "failed" and c["E4M3"] == "5.00%" and c["best FP8"] == "E4M3"
+    assert _table_row(md, "b")["W E3M4 / A E4M3"] == "**0.80%**" and _table_row(md, "b")["best FP8"] == "W E3M4 / A E4M3"
+    trend = _table_row(md, "cv")
+    assert trend["mean loss E4M3"] == "2.75%" and trend["mean loss W E3M4 / A E4M3"] == "n/a"
+    report.write_report(rows, tmp_path)
+    assert _png_ok(tmp_path / "fig4_loss_per_model.png") and _png_ok(tmp_path / "fig5_loss_vs_size.png")
 
 
 def test_cli_errors_and_report_only(tmp_path, sweep):

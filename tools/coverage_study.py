@@ -2,7 +2,8 @@
 
 For every available zoo model: FP32; E5M2, E4M3, E3M4 and INT8 under the standard and
 extended schemes, with and without BatchNorm calibration (default range method, max);
-and the peer, onnxruntime's ``quantize_static`` to FP8 E4M3 (tools/peer_ort.py). Each
+the paper's mixed FP8 formats (``e3m4w.e4m3a``: E3M4 weights, E4M3 activations, and the
+reverse) under the standard scheme, with and without BatchNorm calibration; and the peer, onnxruntime's ``quantize_static`` to FP8 E4M3 (tools/peer_ort.py). Each
 job runs in a fresh process (tools/coverage_worker.py) so its peak RSS is its own;
 rows stream to ``<out>/results.jsonl`` as jobs finish; ``coverage.md`` and the PNG
 figures are written at the end (tools/coverage_report.py)::
@@ -49,26 +50,48 @@ def _sibling(name: str):
         spec.loader.exec_module(module)
     return sys.modules[key]
 
-__all__ = ["FORMATS", "SCHEMES", "QUICK_MODELS", "plan_jobs", "launch", "run_sweep", "read_rows",
+__all__ = ["FORMATS", "MIXED", "SCHEMES", "format_token", "parse_format", "QUICK_MODELS", "plan_jobs", "launch", "run_sweep", "read_rows",
            "job_key", "main"]
 
 FORMATS = ("e5m2", "e4m3", "e3m4", "int8")
 #: Formats the accuracy-aware tuning setting runs from (E5M2 is nobody's inference format).
 TUNED_FORMATS = ("e4m3", "e3m4", "int8")
 TUNE_TRIALS = 100  # Intel Neural Compressor's default max_trials
+#: Mixed FP8 formats, (weights, activations): the paper's "mixed FP8 formats"; E3M4 weights
+#: with E4M3 activations is the PP-OCR detector's best configuration (tools/bench_ocr_calib.py).
+MIXED = (("e3m4", "e4m3"), ("e4m3", "e3m4"))
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
 QUICK_SAMPLES = (16, 64)  # calibration, evaluation samples for --quick
 
 
+def format_token(weights: str, activations: str) -> str:
+    """The format part of a configuration name: ``e4m3`` when both agree, else
+    ``e3m4w.e4m3a`` (weights first, each part tagged, so the name reads the same both ways)."""
+    return weights if weights == activations else f"{weights}w.{activations}a"
+
+
+def parse_format(token: str) -> tuple:
+    """``"e4m3"`` -> ("e4m3", "e4m3"); ``"e3m4w.e4m3a"`` -> ("e3m4", "e4m3"). Format names are
+    checked by the compiler (an unknown one is a failed row), the shape of the token here."""
+    if "." not in token:
+        return token, token
+    w, _, a = token.partition(".")
+    if not (w.endswith("w") and a.endswith("a") and len(w) > 1 and len(a) > 1 and "." not in a):
+        raise ValueError(f"mixed format {token!r}: write WEIGHTSw.ACTIVATIONSa, e.g. e3m4w.e4m3a")
+    return w[:-1], a[:-1]
+
+
 def config_names(with_peer: bool = True) -> List[str]:
-    """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), ours tuned
-    (fmt-std-tuned), peers."""
+    """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), mixed formats
+    (Ww.Aa-std[-bn]), ours tuned (fmt-std-tuned), peers."""
     names = ["fp32"]
     for scheme in SCHEMES.values():
         for bn in ("", "-bn"):
             names += [f"{fmt}-{scheme}{bn}" for fmt in FORMATS]
+    for bn in ("", "-bn"):
+        names += [f"{format_token(w, a)}-std{bn}" for w, a in MIXED]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     return names + (list(PEERS) if with_peer else [])
 
@@ -83,11 +106,16 @@ def config_spec(config: str) -> dict:
     scheme = {v: k for k, v in SCHEMES.items()}.get(parts[1] if len(parts) > 1 else "")
     if len(parts) not in (2, 3) or scheme is None or (len(parts) == 3 and parts[2] not in ("bn", "tuned")):
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn|-tuned]")
+                         "FORMAT-std|ext[-bn|-tuned] (FORMAT: e4m3, or e3m4w.e4m3a for mixed formats)")
+    w, a = parse_format(parts[0])
+    fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
     if len(parts) == 3 and parts[2] == "tuned":
-        return {"kind": "tuned", "format": parts[0], "scheme": scheme, "bn_calib": False,
+        if w != a:
+            raise ValueError(f"configuration {config!r}: tuning starts from one format (it tries "
+                             "mixed formats per op type itself)")
+        return {"kind": "tuned", **fmt, "scheme": scheme, "bn_calib": False,
                 "max_trials": TUNE_TRIALS, "target_loss": 0.01}
-    return {"kind": "ours", "format": parts[0], "scheme": scheme, "bn_calib": len(parts) == 3}
+    return {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": len(parts) == 3}
 
 
 def job_key(row: dict) -> tuple:

@@ -99,11 +99,42 @@ def _api_does_bn_calib() -> bool:
     return "BatchNormCalibration" in inspect.getsource(api)
 
 
+def _formats(spec) -> dict:
+    """compile_model's format options: ``format`` or, for mixed formats, both halves."""
+    if spec.get("format") is not None:
+        return {"format": spec["format"]}
+    return {"weight_format": spec["weight_format"], "activation_format": spec["activation_format"]}
+
+
+def _recipe_formats(model) -> list:
+    """[weight format, activation format] as the compiled model's stored recipe says (read
+    back, so a row shows what was compiled, not what was asked)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    recipe = json.loads(meta.get("fp8onnx.recipe", "{}"))
+    return [recipe.get("weight_format"), recipe.get("activation_format")]
+
+
+def _source_state() -> dict:
+    """The commit the job ran on and the library files (fp8onnx/, passes/) that differed from
+    it: rows from a shared working tree say what code produced them."""
+    import subprocess
+
+    root = _TOOLS.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fp8onnx", "passes"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": head or None, "dirty": sorted(ln[3:] for ln in dirty if ln.strip())}
+
+
 def _compile_ours(entry, calib, spec):
     """(quantized model, how BN calibration ran or None, BN-calibrated layers written)."""
     from fp8onnx.api import compile_model, make_recipe, prepare
 
-    opts = dict(format=spec["format"], scheme=spec["scheme"], emit="emulate",
+    opts = dict(**_formats(spec), scheme=spec["scheme"], emit="emulate",
                 calib_method=spec.get("calib_method", "max"), **entry.compile_options)
     model = entry.load()
     if not spec.get("bn_calib"):
@@ -121,7 +152,8 @@ def _compile_ours(entry, calib, spec):
         return compile_model(work, calibration=calib, **opts).model, "pass", written
     result = compile_model(model, calibration=calib, bn_calib=True, **opts)
     info = result.report.get("bn_calibration") or {}
-    written = info.get("layers_written", info.get("corrected")) if isinstance(info, dict) else None
+    layers = info.get("layers") if isinstance(info, dict) else None
+    written = sum(bool(c.get("written")) for c in layers) if isinstance(layers, list) else None
     return result.model, "api", written
 
 
@@ -188,6 +220,7 @@ def run_job(spec: dict) -> dict:
             q, via, layers = _compile_ours(entry, calib, spec)
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
+            row["recipe_formats"] = _recipe_formats(q)
             data, factory = q.SerializeToString(), session_for(q)
             if spec.get("bn_calib"):
                 row["bn_calib_via"], row["bn_calib_layers"] = via, layers
@@ -244,7 +277,7 @@ def main(argv=None) -> int:
     if limit:
         nbytes = int(float(limit) * 2 ** 30)
         resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
-    out = {"model": spec["model"], "config": spec["config"], "kind": spec["kind"]}
+    out = {"model": spec["model"], "config": spec["config"], "kind": spec["kind"], "source": _source_state()}
     t0 = time.perf_counter()
     try:
         out.update(run_job(spec))
