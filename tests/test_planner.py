@@ -156,11 +156,11 @@ def test_pattern_definition_errors():
 def test_schemes_are_tables_and_extended_contains_standard():
     std, ext = schemes.get("standard"), schemes.get("extended")
     assert ext.units[: len(std.units)] == std.units
-    assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM"} == set(std.anchor_ops)
+    assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM", "GRU", "RNN"} == set(std.anchor_ops)
     assert "Softmax" not in ext.anchor_ops
     d = ext.to_dict()
     assert d["units"]["conv"]["weights"] == {"w": 0} and d["units"]["gemm"]["weights"] == {"w": "gemm_b"}
-    assert d["units"]["lstm"]["weights"] == {"w": 1, "r": 1}
+    assert d["units"]["lstm"]["weights"] == d["units"]["gru"]["weights"] == {"w": 1, "r": 1}
     with pytest.raises(ValueError, match="choose one of standard, extended"):
         schemes.get("fancy")
 

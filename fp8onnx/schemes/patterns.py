@@ -135,6 +135,11 @@ PATTERNS = {p.name: p for p in (
     # the recurrence itself (h_t, c_t) runs inside the op, in float
     Pattern("lstm", "lstm", (PNode("lstm", ("LSTM",), ("$x", "$w", "$r")),),
             (constant_weight("w"), constant_weight("r"))),
+    # GRU(x, W, R, ...), RNN(x, W, R, ...) : the same, with 3 gates and 1
+    Pattern("gru", "gru", (PNode("gru", ("GRU",), ("$x", "$w", "$r")),),
+            (constant_weight("w"), constant_weight("r"))),
+    Pattern("rnn", "rnn", (PNode("rnn", ("RNN",), ("$x", "$w", "$r")),),
+            (constant_weight("w"), constant_weight("r"))),
     # Gather(Table, ids) : an embedding lookup, weights only
     Pattern("embedding", "gather", (PNode("gather", ("Gather",), ("$table", "$ids")),),
             (constant_weight("table", "table"), weight_rank_at_least("table", 2), gather_axis_zero)),
