@@ -82,7 +82,7 @@ def _sole_output_of(m: Match, name: str, ops) -> Optional[onnx.NodeProto]:
 
 def not_folded_into_conv(m: Match) -> Optional[str]:
     p = _sole_output_of(m, m.vars["x"], _FOLDS_INTO)
-    return f"follows {p.op_type} {p.name!r}, into which deployment folds it" if p else None
+    return f"follows a {p.op_type}, into which deployment folds it" if p else None
 
 
 def not_a_bias_add(m: Match) -> Optional[str]:
@@ -90,7 +90,7 @@ def not_a_bias_add(m: Match) -> Optional[str]:
     for act, other in ((a, b), (b, a)):
         p = _sole_output_of(m, act, _TAKES_BIAS) if m.index.is_constant(other) else None
         if p is not None:
-            return f"adds a constant bias to {p.op_type} {p.name!r}, which deployment fuses"
+            return f"adds a constant bias to a {p.op_type}, which deployment fuses"
     return None
 
 
