@@ -56,6 +56,14 @@ class InferShapes(Pass):
         # Inference needs only types and dims: above detach_bytes it runs on a copy without
         # the large weights; only the shape information is copied back.
         source = G.weightless_copy(model) if modelio.tensor_bytes(model) > self.detach_bytes else model
+        # Not strict, inference keeps a declared output shape that contradicts the graph
+        # (ddddocr declares [1, seqlen] for a [steps, 1, 8210] output), and the compiled
+        # model would then fail the full check. So outputs are inferred free of their
+        # declarations and reconciled below.
+        declared = [onnx.TypeProto.FromString(o.type.SerializeToString()) for o in source.graph.output]
+        for o in source.graph.output:
+            if o.type.HasField("tensor_type"):
+                o.type.tensor_type.ClearField("shape")
         try:
             inferred = shape_inference.infer_shapes(source, strict_mode=False, data_prop=False)
             if self.data_prop:
@@ -70,11 +78,40 @@ class InferShapes(Pass):
                 f"ONNX shape inference failed on the model ({reason}); the model is inconsistent: "
                 "check it with onnx.checker.check_model(model, full_check=True) and re-export it"
             ) from e
+        finally:
+            for o, t in zip(source.graph.output, declared):
+                o.type.CopyFrom(t)
+        for o, t in zip(inferred.graph.output, declared):
+            _reconcile(o, t)
         del source
         G.copy_shape_info(model, inferred)
         del inferred
         after = _signature(model)
         return PassResult(model, after != before)
+
+
+def _reconcile(out: onnx.ValueInfoProto, declared: onnx.TypeProto) -> None:
+    """The output's declared type, its unknown dims filled from inference; what inference
+    computed instead where the declaration contradicts it (a different rank or size)."""
+    if not (declared.HasField("tensor_type") and declared.tensor_type.HasField("shape")):
+        return  # nothing declared: inference fills it in, as it always did
+    got = out.type.tensor_type
+    want = declared.tensor_type.shape.dim
+    if got.HasField("shape") and (len(got.shape.dim) != len(want) or any(
+            a.dim_value and b.dim_value and a.dim_value != b.dim_value
+            for a, b in zip(want, got.shape.dim))):
+        log.warning("output %r is declared %s but the graph computes %s: the compiled model "
+                    "declares what the graph computes", out.name, _dims(want), _dims(got.shape.dim))
+        return
+    inferred = list(got.shape.dim) if got.HasField("shape") else []
+    out.type.CopyFrom(declared)
+    for d, i in zip(out.type.tensor_type.shape.dim, inferred):
+        if not d.dim_value and not d.dim_param:
+            d.CopyFrom(i)
+
+
+def _dims(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.dim_value else (d.dim_param or "?") for d in dims) + "]"
 
 
 def _longest_vector(model: onnx.ModelProto):

@@ -118,3 +118,21 @@ def test_inference_failure_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match=r"ONNX shape inference failed on the model \(\[ShapeInferenceError\] "
                                         r"\(op_type:Conv\): kernel rank mismatch\); the model is inconsistent"):
         InferShapes()(m)
+
+
+def test_a_declared_output_shape_the_graph_contradicts_is_replaced_and_said(caplog):
+    # ddddocr's recogniser declares [1, seqlen] for a [steps, 1, 8210] output; kept, it made
+    # the compiled model fail onnx's full check. A compatible declaration is kept as it is.
+    m = make_model([helper.make_node("Reshape", ["x", "shape"], ["y"], name="r"),
+                    helper.make_node("Relu", ["x"], ["z"], name="relu")],
+                   [vi("x", [24])], [vi("y", [1, "n"]), vi("z", ["batch"])],
+                   [init("shape", np.array([2, 3, 4], np.int64))])
+    with pytest.raises(Exception):
+        onnx.checker.check_model(m, full_check=True)
+    with caplog.at_level("WARNING", logger="fp8onnx.passes"):
+        out = InferShapes()(m).model
+    dims = lambda v: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+    assert dims(out.graph.output[0]) == [2, 3, 4]
+    assert dims(out.graph.output[1]) == ["batch"]
+    assert "output 'y' is declared [1, n] but the graph computes [2, 3, 4]" in caplog.text
+    onnx.checker.check_model(out, full_check=True)
