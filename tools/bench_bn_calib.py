@@ -7,11 +7,13 @@ pass in several settings, and each result is scored on the entry's held-out data
     python tools/bench_bn_calib.py                                  # digits, E5M2/E4M3/E3M4
     python tools/bench_bn_calib.py --entries ppocr_cls ppocr_rec --calib-n 64 --eval-n 128
 
-Rows: ``none`` (no BN calibration), ``default`` (one pass per layer, kept BN statistics
-moved by the FP8 error), ``paper`` (the same with kept BN statistics re-estimated, the
-paper's BN calibration), ``joint`` (2 passes measuring every layer at once). Columns: metric, relative
-loss vs FP32, pass seconds (median of ``--repeat``), passes over the data, mean per-layer
-output-MSE reduction.
+Rows: ``none`` (no BN calibration), ``default`` (layer by layer in one staged run, kept BN
+statistics moved by the FP8 error), ``paper`` (the same with kept BN statistics
+re-estimated, the paper's BN calibration), ``joint`` (2 passes measuring every layer at
+once). Columns: metric, relative loss vs FP32, pass seconds (median of ``--repeat``),
+passes over the data (a staged run counts once), mean per-layer output-MSE reduction
+(layer by layer: what each layer's own correction removed, the layers above already
+corrected; joint: against the uncorrected model).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from fp8onnx.planner import plan_quantization
 
 SETTINGS = {
     "none": None,
-    "default": dict(),                                 # layer by layer, BN statistics matched
+    "default": dict(),                                 # layer by layer (staged), BN statistics matched
     "paper": dict(bn_mode="reestimate"),               # layer by layer, BN statistics re-estimated
     "joint": dict(sequential=False, iterations=2),     # every layer at once, 2 passes
 }

@@ -4,8 +4,8 @@
                                     [--config 'LABEL=COMPILE FLAGS' ...] [--sweep] [--no-peer]
                                     [--shifts 1,1 1,0] [--out docs/bench_ocr_calib.md]
 
-Without --config/--sweep it compiles DEFAULT_CONFIGS (the sweep's choice first, then the
-compiler's plain defaults); --sweep scores every configuration of SWEEP (run it with
+Without --config/--sweep it compiles DEFAULT_CONFIGS (the chosen configuration first, then
+the runners-up); --sweep scores every configuration of SWEEP (run it with
 --no-peer: onnxruntime's quantize_static takes ~15 GB of RAM).
 
 1. Renders ``--calib-images`` pages of HEIGHT x WIDTH from the calibration split of
@@ -169,15 +169,21 @@ def _mem_available() -> int:
 
 # ------------------------------------------------------------------------------ configs
 
-# What `--repeat 3` compiles by default: the configuration the sweep chose (first: timed
-# --repeat times, the one checked against the goals), then the compiler's plain defaults
-# for comparison. See docs/bench_ocr_calib.md for the sweep behind the choice.
+# What `--repeat 3` compiles by default: the chosen configuration (first: timed --repeat
+# times, the one checked against the goals), then the runners-up for comparison. See
+# docs/bench_ocr_calib.md for the runs behind the choice.
 DEFAULT_CONFIGS = [
     # E3M4 weights (one more mantissa bit) keep the probability map close enough that most
-    # boxes land on FP32's pixels: the sweep's best text agreement among settings that keep
-    # the time goal (--bn-calib with E3M4 reads more lines alike but compiles 20-40x slower).
+    # boxes land on FP32's pixels: the best text agreement among settings that keep the
+    # time goal in every run.
     ("w e3m4 / a e4m3 max", "--weight-format e3m4 --activation-format e4m3 --calib-method max"),
-    ("e4m3 max (compiler defaults)", "--format e4m3 --calib-method max"),
+    # E3M4 with BatchNorm calibration (each Conv's channels keep the float model's mean and
+    # std under FP8 weights) reads 4 lines more alike (217 vs 213 of 240). The pass now runs
+    # in one staged run (the compile took 346 s before), yet took 0.23-0.63x of onnxruntime's
+    # time run by run on a loaded machine (docs/bench_ocr_calib.md run 1: medians 31.8 s vs
+    # 92.8 s = 0.34, goal 1/3): make it the default once a run meets the time goal.
+    ("e3m4 max bn-calib", "--format e3m4 --calib-method max --bn-calib"),
+    ("w e3m4 / a e4m3 max bn-calib", "--weight-format e3m4 --activation-format e4m3 --calib-method max --bn-calib"),
 ]
 
 # `--sweep`: one change at a time from the compiler defaults (E4M3, standard, max).
@@ -204,6 +210,7 @@ SWEEP = [
     ("e4m3 mse, last layer float", "--format e4m3 --calib-method mse " + HEAD_LAST),
     ("e4m3 max bn-calib", "--format e4m3 --bn-calib"),
     ("e3m4 max bn-calib", "--format e3m4 --bn-calib"),
+    ("w e3m4 / a e4m3 max bn-calib", "--weight-format e3m4 --activation-format e4m3 --bn-calib"),
 ]
 
 
