@@ -36,7 +36,7 @@ each stage reads the tensors earlier stages left (see
 tensors crossing a cut are held for every sample, in memory up to ``store_budget`` bytes
 and in a temporary directory beyond it. Measured on PP-OCRv4 det (64 layers, 8 pages of
 736x1472, E3M4, 2 shared cores): 321 s and 65 passes when each layer re-ran the graph
-prefix it needs, now see ``tools/bench_ocr_calib.py``. ``sequential=False`` runs
+prefix it needs, 14-32 s in one staged run (docs/bench_ocr_calib.md). ``sequential=False`` runs
 ``iterations`` passes measuring every layer at once: layer ``k`` of a chain is exact
 only after ``k`` passes, and before that it compensates upstream errors already fixed,
 so on deep models it makes things worse (PP-OCR cls, 53 Convs, E4M3, weights stored in
