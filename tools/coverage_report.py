@@ -576,6 +576,7 @@ def write_plots(s: dict, out: Path) -> List[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    plotted = 0
     for (label, cfg), c in zip(series, colors):
         xs, ys = [], []
         for m in models:
@@ -583,9 +584,12 @@ def write_plots(s: dict, out: Path) -> List[Path]:
             if v is not None:
                 xs.append(s["rows"][(m, "fp32")].get("fp32_size_bytes", 0) / 1e6)
                 ys.append(100 * v)
-        ax.scatter(xs, ys, label=label, color=c, s=28, alpha=0.8)
+        if xs:
+            ax.scatter(xs, ys, label=label, color=c, s=28, alpha=0.8)
+            plotted += len(xs)
     ax.axhline(100 * THRESHOLD, color="k", ls="--", lw=0.8)
-    ax.set_xscale("log")
+    if plotted:  # a results file without standard-scheme rows leaves nothing to put on a log axis
+        ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=0.1)
     lows = [100 * v for v in s["loss"].values() if v is not None]
     ax.set_ylim(bottom=min([0.0] + lows) * 1.5 - 0.01)
