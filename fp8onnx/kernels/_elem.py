@@ -148,14 +148,21 @@ def _params(fmt_id, saturate):
 
 
 @njit(inline="always", **_JIT)
-def _round_mag(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band):
-    """|y| rounded onto the format grid (overflow -> ovf, NaN -> nan), and y's sign bits."""
+def _grid(y, emin_bits, emax_bits, c_add):
+    """(|y| rounded to the grid spacing of its binade, |y|, y's sign bits): the module
+    note's add-and-subtract, before overflow and NaN are settled."""
     yb = _bits(y)
     sign = _and(yb, _SIGN)
     a = _float(_and(yb, _ABS))
     eb = _smin(_smax(_and(yb, _EXP), emin_bits), emax_bits)
     c = _float(_add(eb, c_add))
-    r = (a + c) - c
+    return (a + c) - c, a, sign
+
+
+@njit(inline="always", **_JIT)
+def _round_mag(y, emin_bits, emax_bits, c_add, fmax, ovf, nan, lo_band, hi_band, band):
+    """|y| rounded onto the format grid (overflow -> ovf, NaN -> nan), and y's sign bits."""
+    r, a, sign = _grid(y, emin_bits, emax_bits, c_add)
     r = ovf if r > fmax else r
     r = band if (a >= lo_band) & (a < hi_band) else r
     r = nan if r != r else r
@@ -174,12 +181,7 @@ def _fq_float_sat(y, scale, emin_bits, emax_bits, c_add, fmax, nan):
     """``_fq_float`` for a saturating format that keeps -0 (E4M3FN, E5M2, E3M4 with
     saturate on, the compiler's default): no onnxruntime bands, overflow is max and the
     sign is always kept. Fewer selects per element, so fake-quant runs ~30% faster in cache."""
-    yb = _bits(y)
-    sign = _and(yb, _SIGN)
-    a = _float(_and(yb, _ABS))
-    eb = _smin(_smax(_and(yb, _EXP), emin_bits), emax_bits)
-    c = _float(_add(eb, c_add))
-    r = (a + c) - c
+    r, _, sign = _grid(y, emin_bits, emax_bits, c_add)
     r = fmax if r > fmax else r
     r = nan if r != r else r
     return _float(_or(_bits(r), sign)) * scale
