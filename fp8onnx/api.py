@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import numpy as np
 import onnx
 
 from . import calibration as _calib
@@ -111,6 +112,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
     work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip, fix_inputs=recipe.fix_inputs)
     plan = plan_quantization(work, recipe)
+    if recipe.weight_calib_method != "max":
+        # Before BN calibration and activation statistics, so both see the weights that
+        # the FP8 model will hold (see _clip_weights).
+        _clip_weights(plan, recipe.weight_calib_method)
 
     amax = {}
     tensors = plan.activation_tensors()
@@ -163,7 +168,7 @@ def compile(model, *, recipe=None, calibration=None, **kwargs) -> onnx.ModelProt
     """Compile ``model`` (a path or ModelProto) to FP8; returns a new ModelProto.
 
     ``recipe``: a Recipe, a dict or a JSON path; keyword options (``format``,
-    ``weight_format``, ``activation_format``, ``scheme``, ``emit``, ``calib_method``,
+    ``weight_format``, ``activation_format``, ``scheme``, ``emit``, ``calib_method``, ``weight_calib_method``,
     ``exclude``, ``keep_first_last``, ``opset``...) override its fields.
     ``calibration``: a .npz path, a directory of .npz feeds, ``"random"``, an iterable
     of feed dicts or an onnxruntime CalibrationDataReader. ``samples`` caps how many
@@ -171,6 +176,50 @@ def compile(model, *, recipe=None, calibration=None, **kwargs) -> onnx.ModelProt
     reuses statistics.
     """
     return compile_model(model, recipe=recipe, calibration=calibration, **kwargs).model
+
+
+def _clip_weights(plan: Plan, method: str) -> None:
+    """Clip each planned float32 weight per channel to the threshold ``method`` picks
+    (:func:`fp8onnx.qdq.weight_scales`), in place.
+
+    Max scaling of the clipped weight then gives exactly the chosen scale and codes
+    (saturation clips there anyway), so InsertQDQ and BatchNormCalibration, which use
+    max scaling, store and measure what ``method`` chose. A weight read by any node that
+    is not a planned weight use of it in one format and axis (a float node, or two
+    formats) keeps max scaling, logged.
+    """
+    from onnx import numpy_helper
+
+    from . import qdq
+    from .graph import GraphIndex
+
+    uses = {}
+    for d in plan.units:
+        for u in d.weight_uses:
+            if d.weight_format:
+                uses.setdefault((id(d.graph), u.tensor), (d.graph, set(), set()))
+                entry = uses[(id(d.graph), u.tensor)]
+                entry[1].add((d.weight_format, u.axis))
+                entry[2].add(u.node)
+    indexes = {}
+    for (gid, tensor), (graph, kinds, nodes) in sorted(uses.items(), key=lambda kv: kv[0][1]):
+        index = indexes.setdefault(gid, GraphIndex(graph))
+        init = index.initializers.get(tensor)
+        readers = {n.name for n in index.consumers.get(tensor, [])}
+        if (init is None or init.data_type != onnx.TensorProto.FLOAT or len(kinds) != 1
+                or readers != nodes or tensor in index.graph_outputs):
+            log.info("weight %s keeps max scaling: %s", tensor,
+                     "used in several formats or axes" if len(kinds) != 1 else "shared with unplanned readers")
+            continue
+        (fmt_name, axis), = kinds
+        w = numpy_helper.to_array(init).astype(np.float32)
+        t, _ = qdq.weight_scales(w, _formats.get(fmt_name), axis, method)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        t = np.where(t > 0, t, np.float32(np.inf)).reshape(shape)  # all-zero channels stay as they are
+        clipped = np.clip(w, -t, t).astype(np.float32)
+        if not np.array_equal(clipped, w):
+            init.CopyFrom(numpy_helper.from_array(clipped, tensor))
 
 
 def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe) -> dict:

@@ -15,7 +15,7 @@ from . import formats as _formats
 from . import schemes as _schemes
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
 from .errors import UserError
-from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES
+from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES, WEIGHT_CALIB_METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="samples per run for .npz data (default 1)")
     p.add_argument("--calib-method", choices=list(CALIB_METHODS), help="activation range method (default max)")
     p.add_argument("--percentile", type=float, help="percentile for --calib-method percentile (default 99.99)")
+    p.add_argument("--weight-calib", choices=list(WEIGHT_CALIB_METHODS),
+                   help="weight scale per channel: max (amax, default) or mse (least rounding error)")
     p.add_argument("--calib-cache", help="save statistics here and reuse them on the next compile")
     p.add_argument("--bn-calib", action="store_true", default=None,
                    help="BatchNorm calibration: re-estimate BN statistics (or correct folded-BN channel "
@@ -98,6 +100,7 @@ def _run(args) -> int:
     options = dict(
         format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
         scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
+        weight_calib_method=args.weight_calib,
         exclude=args.exclude, keep_first_last=args.keep_first_last, opset=args.opset, dynamic=args.dynamic,
         bn_calib=args.bn_calib, bn_mode=args.bn_mode,
     )

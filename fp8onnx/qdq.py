@@ -24,7 +24,7 @@ from . import kernels
 from .graph import NameAllocator
 from .runtime import ops
 
-__all__ = ["Built", "emits_native", "weight_scales", "build_weight", "build_activation",
+__all__ = ["Built", "emits_native", "weight_scales", "WEIGHT_CALIB_METHODS", "MSE_RATIOS", "build_weight", "build_activation",
            "build_activation_dynamic", "zero_point"]
 
 
@@ -51,12 +51,50 @@ def _fmt_short(x: float) -> str:
     return f"{x:.6g}"
 
 
-def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int):
-    """Per-channel (amax, scale) of a weight; all-zero channels get scale 1, never 0."""
-    amax = np.asarray(kernels.amax(np.ascontiguousarray(w, dtype=np.float32), axis=axis), dtype=np.float32)
-    scale = fmt.scale_for(amax)
-    scale = np.where((scale > 0) & np.isfinite(scale), scale, np.float32(1.0)).astype(np.float32)
-    return amax, scale
+#: Weight range methods (recipe ``weight_calib_method``).
+WEIGHT_CALIB_METHODS = ("max", "mse")  # the same tuple as fp8onnx.recipe's
+#: Clipping ratios ``t / amax`` that "mse" tries per channel; 1.0 (max scaling) included.
+MSE_RATIOS = np.linspace(0.5, 1.0, 51)
+
+
+def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int, method: str = "max"):
+    """Per-channel (threshold, scale) of a weight; all-zero channels get scale 1, never 0.
+
+    ``max``: threshold = amax of the channel (the paper's max scaling). ``mse``: for each
+    ratio r in :data:`MSE_RATIOS` the whole weight is fake-quantized (saturating) with
+    scale ``fmt.scale_for(r * amax_c)`` per channel, and each channel keeps the threshold
+    with the lowest sum of squared error on the format's grid; ties keep the larger r,
+    so a channel where max scaling is as good keeps it. The threshold returned is the
+    chosen ``r * amax_c`` (``amax_c`` itself for max), so reports show the range used.
+    """
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    amax = np.asarray(kernels.amax(w, axis=axis), dtype=np.float32)
+    if method == "max":
+        return amax, _safe_scale(fmt.scale_for(amax))
+    if method != "mse":
+        raise ValueError(f"unknown weight calibration method {method!r}: choose one of "
+                         f"{', '.join(WEIGHT_CALIB_METHODS)}")
+    ax = axis % w.ndim
+    rest = tuple(i for i in range(w.ndim) if i != ax)
+    w64 = w.astype(np.float64)
+    best_t, best_err = amax.copy(), None
+    # Largest ratio first, and a later candidate must be strictly better: ties keep the larger r.
+    for r in MSE_RATIOS[::-1]:
+        t = (amax.astype(np.float64) * r).astype(np.float32)
+        scale = _safe_scale(fmt.scale_for(t))
+        err = ((fmt.fake_quant(w, scale, axis=ax, saturate=True) - w64) ** 2).sum(axis=rest)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_t = np.where(better, t, best_t)
+        best_err = np.where(better, err, best_err)
+    return best_t.astype(np.float32), _safe_scale(fmt.scale_for(best_t))
+
+
+def _safe_scale(scale) -> np.ndarray:
+    scale = np.asarray(scale, dtype=np.float32)
+    return np.where((scale > 0) & np.isfinite(scale), scale, np.float32(1.0)).astype(np.float32)
 
 
 def zero_point(fmt: _formats.Format, name: str) -> onnx.TensorProto:

@@ -24,10 +24,12 @@ from . import formats as _formats
 from . import schemes as _schemes
 from .errors import UserError
 
-__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS", "BN_MODES"]
+__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS", "WEIGHT_CALIB_METHODS", "BN_MODES"]
 
 EMIT_MODES = ("auto", "qdq", "emulate")
 CALIB_METHODS = ("max", "percentile", "mse", "kl")
+#: Weight scale per channel: max (amax, the paper) or mse (threshold of least rounding error).
+WEIGHT_CALIB_METHODS = ("max", "mse")
 #: match: move kept BN statistics by what FP8 weights change (default; measured best on
 #: PP-OCR); reestimate: the paper's re-estimation from the calibration data.
 BN_MODES = ("match", "reestimate")
@@ -41,6 +43,7 @@ class Recipe:
     emit: str = "auto"
     calib_method: str = "max"
     percentile: float = 99.99
+    weight_calib_method: str = "max"
     exclude: List[str] = field(default_factory=list)
     keep_first_last: bool = False
     op_types: Dict[str, object] = field(default_factory=dict)
@@ -94,6 +97,9 @@ class Recipe:
         if self.calib_method not in CALIB_METHODS:
             raise UserError(
                 f"unknown calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if self.weight_calib_method not in WEIGHT_CALIB_METHODS:
+            raise UserError(f"unknown weight calibration method {self.weight_calib_method!r}: "
+                            f"choose one of {', '.join(WEIGHT_CALIB_METHODS)}")
         if self.bn_mode not in BN_MODES:
             raise UserError(f"unknown BatchNorm calibration mode {self.bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if not 0 < float(self.percentile) <= 100:
