@@ -112,10 +112,11 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
     work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip, fix_inputs=recipe.fix_inputs)
     plan = plan_quantization(work, recipe)
-    if recipe.weight_calib_method != "max":
-        # Before BN calibration and activation statistics, so both see the weights that
-        # the FP8 model will hold (see _clip_weights).
+    clip = recipe.weight_calib_method != "max"
+    if clip and recipe.bn_calib:
+        # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
         _clip_weights(plan, recipe.weight_calib_method)
+        clip = False
 
     amax = {}
     tensors = plan.activation_tensors()
@@ -149,6 +150,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache)
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
+    if clip:
+        # After the statistics: activation ranges are the float model's, as with max
+        # scaling, so one --calib-cache (and tune's shared one) serves both methods.
+        _clip_weights(plan, recipe.weight_calib_method)
 
     insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic)
     work = PassManager([insert], instruments=instruments, skip=skip, name="quantize")(work).model

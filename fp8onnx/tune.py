@@ -274,7 +274,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
         raise UserError(f"max_trials {max_trials}: give at least 1")
     base = make_recipe(base_recipe, **{k: compile_options.pop(k) for k in list(compile_options)
                                        if k in ("format", "weight_format", "activation_format", "scheme",
-                                                "emit", "calib_method", "percentile", "exclude",
+                                                "emit", "calib_method", "weight_calib_method",
+                                                "percentile", "exclude",
                                                 "keep_first_last", "opset")}).to_dict()
     if isinstance(eval_data, Iterator):
         eval_data = list(eval_data)  # every trial reads it again

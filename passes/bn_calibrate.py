@@ -5,8 +5,10 @@
 
 Runs on the FLOAT working model after planning and before activation calibration and
 Q/DQ insertion (``recipe.bn_calib``). ``fq(W)`` is exactly what InsertQDQ will store:
-per-channel max scaling (:func:`fp8onnx.qdq.weight_scales`) in the plan's weight format,
-applied in float32 numpy to the weights of a copy that onnxruntime runs (CPU).
+per-channel max scaling (:func:`fp8onnx.qdq.weight_scales`) in the plan's weight format
+(with ``weight_calib_method="mse"``, of the weights ``compile_model`` first clipped to the
+chosen per-channel thresholds), applied in float32 numpy to the weights of a copy that
+onnxruntime runs (CPU).
 
 - **BN kept** (a Conv whose only reader is a BatchNormalization with constant
   parameters): ``bn_mode="reestimate"`` is the paper's BN calibration: the BN's running

@@ -202,3 +202,17 @@ def test_cli_flag_sets_the_recipe_field(tmp_path):
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32))
     assert main([str(src), "-o", str(out), "--calib", str(tmp_path / "c.npz"), "--weight-calib", "mse"]) == 0
     assert _recipe_of(onnx.load(out))["weight_calib_method"] == "mse"
+
+
+def test_activation_statistics_are_the_float_models_so_a_cache_serves_both_methods(tmp_path):
+    # Without BN calibration the weights are clipped after the statistics: the activation
+    # ranges are those of the float model, as with max scaling, and a --calib-cache
+    # written by a max compile (or tune's shared one) is reused, not refused.
+    model, _ = _conv_model()
+    calib = [{"x": np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)}]
+    cache = str(tmp_path / "stats.npz")
+    a = compile_model(model, calibration=calib, format="e4m3", emit="qdq", calib_cache=cache).model
+    b = compile_model(model, calibration=calib, format="e4m3", emit="qdq", calib_cache=cache,
+                      weight_calib_method="mse").model
+    scales = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "x_scale"}
+    assert scales(a) and all(np.array_equal(scales(a)[k], scales(b)[k]) for k in scales(a))
