@@ -216,3 +216,36 @@ def test_activation_statistics_are_the_float_models_so_a_cache_serves_both_metho
                       weight_calib_method="mse").model
     scales = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "x_scale"}
     assert scales(a) and all(np.array_equal(scales(a)[k], scales(b)[k]) for k in scales(a))
+
+
+def test_weight_also_read_inside_an_if_branch_is_not_clipped_for_that_reader():
+    # W feeds a quantized Conv and, through an If branch, a float output: clipping W for
+    # the Conv's mse scale would silently change the float reader's values.
+    w = _weights(seed=4, shape=(6, 3, 3, 3))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    cond = helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    wout = helper.make_tensor_value_info("w_out", onnx.TensorProto.FLOAT, None)
+
+    def branch(name, op):
+        out = helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node(op, ["W"], [f"{name}_out"], name=f"{name}_node")],
+                                 name, [], [out])
+
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["cond"], ["w_out"], name="pick",
+                              then_branch=branch("then", "Identity"), else_branch=branch("else", "Neg"))]
+    g = helper.make_graph(nodes, "g", [x, cond], [y, wout], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "cond": np.array(True)}]
+    # The branch really would change under clipping: mse picks a threshold below amax here.
+    t, _ = qdq.weight_scales(w, formats.get("e4m3"), 0, "mse")
+    assert np.any(t < np.abs(w).reshape(w.shape[0], -1).max(axis=1))
+
+    q = compile_model(model, calibration=calib, format="e4m3", emit="qdq", weight_calib_method="mse").model
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(["w_out"], {"x": calib[0]["x"], "cond": np.array(True)})
+    assert np.array_equal(got, w)
