@@ -1,4 +1,5 @@
-"""The coverage study's report: tables in markdown and the paper's Figures 4 and 5 as PNGs.
+"""The coverage study's report: tables in markdown; the cost section and the paper's Figures 4
+and 5 (PNGs) come from coverage_plots.py.
 
 Everything is recomputed from the rows of ``results.jsonl`` (one per model and
 configuration, see coverage_worker.py): relative loss ``(m_fp32 - m_q) / m_fp32`` against
@@ -19,11 +20,14 @@ held-out split it is reported on, which is selection on the test set and an uppe
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 __all__ = ["THRESHOLD", "latest", "losses", "split_config", "format_label", "format_columns", "summarize",
-           "render_markdown", "write_plots", "write_report"]
+           "render_markdown", "write_report"]
+
+_TOOLS = Path(__file__).resolve().parent
 
 THRESHOLD = 0.01
 FP8 = ("e5m2", "e4m3", "e3m4")
@@ -39,6 +43,19 @@ _SUFFIXES = {f"{sch}{bn}": (sch, bn) for sch, bn in ALL_SETTINGS}
 #: The library's default recipe (``fp8onnx.compile`` without options): the a priori choice.
 DEFAULT = ("e4m3", ("std", ""))
 PAPER = {"fp8": 0.9264, "int8": 0.6587}
+
+
+def _plots():
+    """tools/coverage_plots.py (the cost section and the figures), loaded by file path the
+    way the tools load each other; imported on first use, since it imports this module."""
+    import importlib.util
+
+    key = "fp8onnx_tools_coverage_plots"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, _TOOLS / "coverage_plots.py")
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def _fp8_names() -> Tuple[tuple, tuple]:
@@ -102,11 +119,6 @@ def latest(rows: List[dict]) -> Dict[tuple, dict]:
 
 def _ok(r: Optional[dict], key: str = "metric") -> bool:
     return bool(r) and r.get("status") == "ok" and r.get(key) is not None
-
-
-def _done(r: Optional[dict]) -> bool:
-    """The job ran to the end (its compile and size figures hold even if a session failed)."""
-    return bool(r) and r.get("status") == "ok"
 
 
 def losses(rows: List[dict], *, metric_key: str = "metric") -> Dict[tuple, Optional[float]]:
@@ -244,11 +256,6 @@ def _count(c) -> str:
     return f"{k}/{n} ({100 * k / n:.0f}%)" if n else "0/0"
 
 
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def _domain_trend(s: dict) -> List[str]:
     """Mean loss per domain and format (standard scheme, every model of the domain run) and
     which FP8 format is best per model (ties shared)."""
@@ -275,41 +282,6 @@ def _domain_trend(s: dict) -> List[str]:
                                                            for f in cols)
                      + " | " + ", ".join(f"{format_label(f)} {w:g}" for f, w in wins.items()) + " |")
     s["trend"] = trend
-    return lines
-
-
-def _cost_table(s: dict) -> List[str]:
-    by = s["rows"]
-    lines = ["| model | FP32 MB | ours MB (E4M3) | peer MB | compile s ours | compile s peer | ratio | "
-             "peak RSS MB ours | peak RSS MB peer | ratio | compile ΔRSS MB ours / peer | run ms FP32 | "
-             "run ms ours | run ms peer |", "|---" * 14 + "|"]
-    ratios_t, ratios_m, ratios_d = [], [], []
-    for m in s["models"]:
-        f32, o, p = by.get((m, "fp32"), {}), by.get((m, "e4m3-std"), {}), by.get((m, "peer"), {})
-        has = lambda r, *keys: _done(r) and all(r.get(k) is not None for k in keys)  # noqa: E731
-        rt = o["compile_s"] / p["compile_s"] if has(o, "compile_s") and has(p, "compile_s") and p["compile_s"] else None
-        rm = (o["compile_peak_rss_mb"] / p["compile_peak_rss_mb"]
-              if has(o, "compile_peak_rss_mb") and has(p, "compile_peak_rss_mb") else None)
-        do = o["compile_peak_rss_mb"] - o["base_rss_mb"] if has(o, "compile_peak_rss_mb", "base_rss_mb") else None
-        dp = p["compile_peak_rss_mb"] - p["base_rss_mb"] if has(p, "compile_peak_rss_mb", "base_rss_mb") else None
-        ratios_t.append(rt)
-        ratios_m.append(rm)
-        ratios_d.append(do / dp if do is not None and dp else None)
-
-        def g(r, k, scale=1.0, fmt="{:.1f}"):
-            return fmt.format(r[k] * scale) if _done(r) and r.get(k) is not None else "—"
-        lines.append(f"| {m} | {g(f32, 'size_bytes', 1e-6, '{:.2f}')} | {g(o, 'size_bytes', 1e-6, '{:.2f}')} | "
-                     f"{g(p, 'size_bytes', 1e-6, '{:.2f}')} | {g(o, 'compile_s')} | {g(p, 'compile_s')} | "
-                     f"{'—' if rt is None else f'{rt:.2f}'} | {g(o, 'compile_peak_rss_mb', 1, '{:.0f}')} | "
-                     f"{g(p, 'compile_peak_rss_mb', 1, '{:.0f}')} | {'—' if rm is None else f'{rm:.2f}'} | "
-                     f"{'—' if do is None else f'{do:.0f}'} / {'—' if dp is None else f'{dp:.0f}'} | "
-                     f"{g(f32, 'run_s', 1e3, '{:.2f}')} | {g(o, 'run_s', 1e3, '{:.2f}')} | {g(p, 'run_s', 1e3, '{:.2f}')} |")
-    s["cost_medians"] = {"compile_time_ratio": _median(ratios_t), "peak_rss_ratio": _median(ratios_m),
-                         "compile_delta_rss_ratio": _median(ratios_d)}
-    med = s["cost_medians"]
-    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    lines.append(f"| **median ratio ours/peer** | | | | | | **{fmt(med['compile_time_ratio'])}** | | | "
-                 f"**{fmt(med['peak_rss_ratio'])}** | ΔRSS ratio **{fmt(med['compile_delta_rss_ratio'])}** | | | |")
     return lines
 
 
@@ -517,15 +489,7 @@ def render_markdown(s: dict) -> str:
             else:
                 cells.append(f"{_pct(s['loss'].get((m, cfg)))} / {_pct(s['loss_safe'].get((m, cfg)))}")
         L.append(f"| {m} | " + " | ".join(cells) + " |")
-    L.append("\n## Cost: ours (E4M3, standard scheme) beside the peer (defaults)\n")
-    L += _cost_table(s)
-    L.append("")
-    L.append("Compile time: wall seconds of `fp8onnx.compile_model` (calibration included; Numba kernels "
-             "warmed up first by a tiny compile, `warmup_s` in the rows) and of `quantize_static`. Peak RSS: "
-             "`getrusage` max RSS of the job's fresh process right after compiling (imports, model and "
-             "calibration data included); ΔRSS subtracts the same figure taken just before. Run time: median of "
-             "5 runs of one evaluation batch, ours in `fp8onnx.runtime.InferenceSession` (emulated FP8), "
-             "the peer's native FP8 Q/DQ in a default onnxruntime session.\n")
+    L += _plots().cost_section(s)
     failures = [r for r in s["rows"].values() if str(r.get("status", "")).startswith("failed")]
     if failures:
         L.append("## Failed jobs\n")
@@ -537,73 +501,6 @@ def render_markdown(s: dict) -> str:
     return "\n".join(L)
 
 
-def write_plots(s: dict, out: Path) -> List[Path]:
-    """Figure 4 (loss per model and format) and Figure 5 (loss against model size)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    models = s["models"]
-    series = [(format_label(f), f"{f}-std") for f in s["formats"] if s["within"][("std", "")][f] is not None]
-    series += [("peer", "peer"), ("peer sym", "peer-sym")]
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#17becf", "#bcbd22", "#8c564b", "#e377c2"]
-    colors = [("#7f7f7f" if label == "INT8" else palette.pop(0) if palette else "#000000")
-              for label, _ in series[:-2]] + ["#ff7f0e", "#9467bd"]
-    paths = []
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 4.5))
-    width = 0.8 / len(series)
-    x = np.arange(len(models))
-    for i, (label, cfg) in enumerate(series):
-        vals = [s["loss"].get((m, cfg)) for m in models]
-        y = [100 * v if v is not None else np.nan for v in vals]
-        pos = x + (i - len(series) / 2 + 0.5) * width
-        ax.bar(pos, y, width, label=label, color=colors[i])
-        failed = [p for p, m, v in zip(pos, models, vals) if v is None and (m, cfg) in s["rows"]]
-        ax.plot(failed, [0.0] * len(failed), "x", color=colors[i], ms=7, mew=2)
-    ax.axhline(100 * THRESHOLD, color="k", ls="--", lw=0.8, label="1%")
-    ax.plot([], [], "x", color="k", label="failed")
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_xticks(x, models, rotation=30, ha="right")
-    ax.set_ylabel("relative loss (%), symlog")
-    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
-    ax.set_title("Relative loss per model and format (standard scheme; peer: default session)")
-    ax.legend(ncol=4, fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "fig4_loss_per_model.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    plotted = 0
-    for (label, cfg), c in zip(series, colors):
-        xs, ys = [], []
-        for m in models:
-            v = s["loss"].get((m, cfg))
-            if v is not None:
-                xs.append(s["rows"][(m, "fp32")].get("fp32_size_bytes", 0) / 1e6)
-                ys.append(100 * v)
-        if xs:
-            ax.scatter(xs, ys, label=label, color=c, s=28, alpha=0.8)
-            plotted += len(xs)
-    ax.axhline(100 * THRESHOLD, color="k", ls="--", lw=0.8)
-    if plotted:  # a results file without standard-scheme rows leaves nothing to put on a log axis
-        ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=0.1)
-    lows = [100 * v for v in s["loss"].values() if v is not None]
-    ax.set_ylim(bottom=min([0.0] + lows) * 1.5 - 0.01)
-    ax.set_xlabel("FP32 model size (MB, log)")
-    ax.set_ylabel("relative loss (%), symlog")
-    ax.set_title("Relative loss against model size (standard scheme)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "fig5_loss_vs_size.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
 def write_report(rows: List[dict], out: Path) -> str:
     """Write ``coverage.md`` and the figures into ``out``; returns the markdown."""
     out = Path(out)
@@ -612,5 +509,5 @@ def write_report(rows: List[dict], out: Path) -> str:
     text = render_markdown(s)
     (out / "coverage.md").write_text(text + "\n", encoding="utf-8")
     if s["models"]:
-        write_plots(s, out)
+        _plots().write_plots(s, out)
     return text
