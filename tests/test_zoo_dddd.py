@@ -3,8 +3,6 @@ prose. Our pre/post-processing of the FP32 model equals ddddocr's own ``classifi
 accuracy is scored against the rendered truth, and FP8 models keep reading."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -121,12 +119,3 @@ def test_fp8_emulated_keeps_reading(ocr, fmt, min_agree):
 def test_fp8_emulated_on_all_eval_words(ocr, fmt, min_agree):
     loss, details = _fp8(ocr, fmt, None)
     assert loss <= 0.01 and details["fp32_agreement"] >= min_agree
-
-
-def test_missing_ddddocr_skips_with_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ddddocr", None)   # find_spec now says "not installed"
-    e = zoo.get("ddddocr_rec")
-    with pytest.raises(zoo.ZooSkip, match=r"skipped: install ddddocr \(pip install ddddocr\)"):
-        e.load()
-    with pytest.raises(zoo.ZooSkip):
-        e.evaluate(n=1)

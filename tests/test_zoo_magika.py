@@ -2,8 +2,6 @@
 public API), a real FP32 accuracy against extension labels, disjoint splits, FP8 loss."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -114,12 +112,3 @@ def test_extended_scheme_keeps_jax2tf_layernorm_whole(magika):
     fp32 = magika.evaluate(n=128)
     q = magika.evaluate(r.model, n=128, session_factory=InferenceSession)
     assert magika.last_details["fp32_agreement"] >= 0.95 and zoo.relative_loss(fp32, q) <= 0.03
-
-
-def test_missing_magika_skips_with_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "magika", None)   # find_spec now says "not installed"
-    e = zoo.get("magika_v3")
-    with pytest.raises(zoo.ZooSkip, match=r"skipped: install magika \(pip install magika\)"):
-        e.load()
-    with pytest.raises(zoo.ZooSkip):
-        e.evaluate(n=1)
