@@ -90,6 +90,10 @@ def test_rows_are_complete(sweep):
             for key in COMPILE_FIELDS:
                 assert r.get(key) is not None, (cfg, key)
             assert r["compile_peak_rss_mb"] >= r["base_rss_mb"] > 10
+            # run time beside FP32's, in the same job: the median of the per-round ratios
+            rounds = r["run_side_by_side"]["rounds_s"]
+            assert len(rounds) >= 3 and all(a > 0 and b > 0 for a, b in rounds)
+            assert r["run_ratio"] == pytest.approx(float(np.median([b / a for a, b in rounds])))
             # relative loss written by the worker is the one recomputed from the FP32 row
             fp32 = rows["fp32"]["metric"]
             assert r["relative_loss"] == pytest.approx((fp32 - r["metric"]) / fp32)
@@ -219,7 +223,7 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + 3 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + 3 + 2 and names[0] == "fp32"
     assert {"e3m4w.e4m3a-std", "e4m3w.e3m4a-std", "e3m4w.e4m3a-std-bn", "e4m3w.e3m4a-std-bn"} <= set(names)
     assert cov.config_spec("e3m4w.e4m3a-std-bn") == {"kind": "ours", "weight_format": "e3m4",
                                                      "activation_format": "e4m3", "scheme": "standard",
@@ -321,6 +325,9 @@ def test_quick_sweep_end_to_end(tmp_path):
     s = report.summarize(rows)
     for st in report.SETTINGS:
         for f in report.FORMATS:
+            if f"{f}-{st[0]}{st[1]}" not in cov.config_names():
+                assert s["within"][st][f] is None  # not part of the sweep: no count at all
+                continue
             recount = sum(1 for m in cov.QUICK_MODELS for r in rows
                           if r["model"] == m and r["config"] == f"{f}-{st[0]}{st[1]}" and r["status"] == "ok"
                           and r.get("relative_loss") is not None and r["relative_loss"] <= 0.01)

@@ -1,7 +1,7 @@
 """The coverage report's cost section and figures, drawn from coverage_report.summarize's output.
 
 ``cost_section(s)`` is the markdown of the cost table (size, compile time, peak memory and
-run time of ours beside FP32 and the peer); ``write_plots(s, out)`` draws the paper's
+run time of ours beside FP32 and the peer; run times as side-by-side ratios to FP32); ``write_plots(s, out)`` draws the paper's
 Figure 4 (loss per model and format) and Figure 5 (loss against model size) as PNGs::
 
     >>> s = coverage_report.summarize(rows)                       # doctest: +SKIP
@@ -44,13 +44,23 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+def _run_ratio(r: Optional[dict]) -> str:
+    """A row's side-by-side run-time ratio to FP32; ``n/s`` for a row from before the worker
+    measured it (its run time and the FP32 row's came from different jobs, at different
+    load, so dividing them is not a ratio); ``—`` for no row."""
+    if not _done(r):
+        return "—"
+    return "n/s" if r.get("run_ratio") is None else f"{r['run_ratio']:.2f}"
+
+
 def cost_table(s: dict) -> List[str]:
-    """The cost table's lines; sets ``s["cost_medians"]`` (median ratios ours/peer)."""
+    """The cost table's lines; sets ``s["cost_medians"]`` (median ratios ours/peer and
+    ours/FP32, peer/FP32 run time)."""
     by = s["rows"]
     lines = ["| model | FP32 MB | ours MB (E4M3) | peer MB | compile s ours | compile s peer | ratio | "
              "peak RSS MB ours | peak RSS MB peer | ratio | compile ΔRSS MB ours / peer | run ms FP32 | "
-             "run ms ours | run ms peer |", "|---" * 14 + "|"]
-    ratios_t, ratios_m, ratios_d = [], [], []
+             "run ours/FP32 | run peer/FP32 |", "|---" * 14 + "|"]
+    ratios_t, ratios_m, ratios_d, run_o, run_p = [], [], [], [], []
     for m in s["models"]:
         f32, o, p = by.get((m, "fp32"), {}), by.get((m, "e4m3-std"), {}), by.get((m, "peer"), {})
         has = lambda r, *keys: _done(r) and all(r.get(k) is not None for k in keys)  # noqa: E731
@@ -62,6 +72,8 @@ def cost_table(s: dict) -> List[str]:
         ratios_t.append(rt)
         ratios_m.append(rm)
         ratios_d.append(do / dp if do is not None and dp else None)
+        run_o.append(o["run_ratio"] if has(o, "run_ratio") else None)
+        run_p.append(p["run_ratio"] if has(p, "run_ratio") else None)
 
         def g(r, k, scale=1.0, fmt="{:.1f}"):
             return fmt.format(r[k] * scale) if _done(r) and r.get(k) is not None else "—"
@@ -70,13 +82,15 @@ def cost_table(s: dict) -> List[str]:
                      f"{'—' if rt is None else f'{rt:.2f}'} | {g(o, 'compile_peak_rss_mb', 1, '{:.0f}')} | "
                      f"{g(p, 'compile_peak_rss_mb', 1, '{:.0f}')} | {'—' if rm is None else f'{rm:.2f}'} | "
                      f"{'—' if do is None else f'{do:.0f}'} / {'—' if dp is None else f'{dp:.0f}'} | "
-                     f"{g(f32, 'run_s', 1e3, '{:.2f}')} | {g(o, 'run_s', 1e3, '{:.2f}')} | {g(p, 'run_s', 1e3, '{:.2f}')} |")
+                     f"{g(f32, 'run_s', 1e3, '{:.2f}')} | {_run_ratio(o)} | {_run_ratio(p)} |")
     s["cost_medians"] = {"compile_time_ratio": _median(ratios_t), "peak_rss_ratio": _median(ratios_m),
-                         "compile_delta_rss_ratio": _median(ratios_d)}
+                         "compile_delta_rss_ratio": _median(ratios_d), "run_ratio_ours": _median(run_o),
+                         "run_ratio_peer": _median(run_p)}
     med = s["cost_medians"]
     fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    lines.append(f"| **median ratio ours/peer** | | | | | | **{fmt(med['compile_time_ratio'])}** | | | "
-                 f"**{fmt(med['peak_rss_ratio'])}** | ΔRSS ratio **{fmt(med['compile_delta_rss_ratio'])}** | | | |")
+    lines.append(f"| **median ratio** | | | | | | **{fmt(med['compile_time_ratio'])}** | | | "
+                 f"**{fmt(med['peak_rss_ratio'])}** | ΔRSS ratio **{fmt(med['compile_delta_rss_ratio'])}** | | "
+                 f"**{fmt(med['run_ratio_ours'])}** | **{fmt(med['run_ratio_peer'])}** |")
     return lines
 
 
@@ -88,9 +102,18 @@ def cost_section(s: dict) -> List[str]:
     L.append("Compile time: wall seconds of `fp8onnx.compile_model` (calibration included; Numba kernels "
              "warmed up first by a tiny compile, `warmup_s` in the rows) and of `quantize_static`. Peak RSS: "
              "`getrusage` max RSS of the job's fresh process right after compiling (imports, model and "
-             "calibration data included); ΔRSS subtracts the same figure taken just before. Run time: median of "
-             "5 runs of one evaluation batch, ours in `fp8onnx.runtime.InferenceSession` (emulated FP8), "
-             "the peer's native FP8 Q/DQ in a default onnxruntime session.\n")
+             "calibration data included); ΔRSS subtracts the same figure taken just before. Run time: "
+             "*run ms FP32* is the median of 5 runs of one evaluation batch in the FP32 row's job (onnxruntime, "
+             "default threads). *ours/FP32* and *peer/FP32* are measured side by side in the quantized row's "
+             "own job: the FP32 model and the quantized one, each in a one-thread session (ours in "
+             "`fp8onnx.runtime.InferenceSession`, emulated FP8; the peer's native FP8 Q/DQ in a default "
+             "onnxruntime session), run in alternating order on one evaluation batch for 3-9 rounds; the cell "
+             "is the median of the per-round ratios (`run_ratio` in the rows).\n")
+    cells = [_run_ratio(s["rows"].get((m, c))) for m in s["models"] for c in ("e4m3-std", "peer")]
+    if "n/s" in cells:
+        L.append("n/s: the row is from before side-by-side timing; its run time and the FP32 row's were "
+                 "measured in different jobs at different machine load, so they are not divided (rerun the "
+                 "configuration for a ratio).\n")
     return L
 
 

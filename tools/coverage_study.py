@@ -3,7 +3,9 @@
 For every available zoo model: FP32; E5M2, E4M3, E3M4 and INT8 under the standard and
 extended schemes, with and without BatchNorm calibration (default range method, max);
 the paper's mixed FP8 formats (``e3m4w.e4m3a``: E3M4 weights, E4M3 activations, and the
-reverse) under the standard scheme, with and without BatchNorm calibration; and the peer, onnxruntime's ``quantize_static`` to FP8 E4M3 (tools/peer_ort.py). Each
+reverse) under the standard scheme, with and without BatchNorm calibration; a few of these
+with least-error weight scales (``-wmse``: ``weight_calib_method="mse"``); accuracy-aware
+tuning; and the peer, onnxruntime's ``quantize_static`` to FP8 E4M3 (tools/peer_ort.py). Each
 job runs in a fresh process (tools/coverage_worker.py) so its peak RSS is its own;
 rows stream to ``<out>/results.jsonl`` as jobs finish; ``coverage.md`` and the PNG
 figures are written at the end (tools/coverage_report.py)::
@@ -50,7 +52,7 @@ def _sibling(name: str):
         spec.loader.exec_module(module)
     return sys.modules[key]
 
-__all__ = ["FORMATS", "MIXED", "SCHEMES", "format_token", "parse_format", "QUICK_MODELS", "plan_jobs", "launch", "run_sweep", "read_rows",
+__all__ = ["FORMATS", "MIXED", "WMSE", "SCHEMES", "format_token", "parse_format", "QUICK_MODELS", "plan_jobs", "launch", "run_sweep", "read_rows",
            "job_key", "main"]
 
 FORMATS = ("e5m2", "e4m3", "e3m4", "int8")
@@ -60,6 +62,13 @@ TUNE_TRIALS = 100  # Intel Neural Compressor's default max_trials
 #: Mixed FP8 formats, (weights, activations): the paper's "mixed FP8 formats"; E3M4 weights
 #: with E4M3 activations is the PP-OCR detector's best configuration (tools/bench_ocr_calib.py).
 MIXED = (("e3m4", "e4m3"), ("e4m3", "e3m4"))
+#: Settings run with least-error weight scales (``weight_calib_method="mse"``), as (weights,
+#: activations, BatchNorm calibration), all under the standard scheme: the default format,
+#: the paper's CV format, INT8 (so FP8 and INT8 get the same option), the best fixed recipe
+#: (E3M4 weights / E4M3 activations) and E3M4 with BN calibration, which measures the clipped
+#: weights. Max scaling stays the default everywhere else (MSE cost ppocr_cls 2 of 32 lines).
+WMSE = (("e4m3", "e4m3", False), ("e3m4", "e3m4", False), ("int8", "int8", False),
+        ("e3m4", "e4m3", False), ("e3m4", "e3m4", True))
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
@@ -85,37 +94,49 @@ def parse_format(token: str) -> tuple:
 
 def config_names(with_peer: bool = True) -> List[str]:
     """Every configuration name, in report order: fp32, ours (fmt-scheme[-bn]), mixed formats
-    (Ww.Aa-std[-bn]), ours tuned (fmt-std-tuned), peers."""
+    (Ww.Aa-std[-bn]), least-error weight scales (fmt-std[-bn]-wmse), ours tuned
+    (fmt-std-tuned), peers."""
     names = ["fp32"]
     for scheme in SCHEMES.values():
         for bn in ("", "-bn"):
             names += [f"{fmt}-{scheme}{bn}" for fmt in FORMATS]
     for bn in ("", "-bn"):
         names += [f"{format_token(w, a)}-std{bn}" for w, a in MIXED]
+    names += [f"{format_token(w, a)}-std{'-bn' if bn else ''}-wmse" for w, a, bn in WMSE]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     return names + (list(PEERS) if with_peer else [])
 
 
+#: The suffixes after FORMAT-SCHEME that config_spec accepts, in this order only.
+_SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("tuned",))
+
+
 def config_spec(config: str) -> dict:
-    """The job fields that a configuration name stands for."""
+    """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn][-wmse]``
+    (``-wmse``: least-error weight scales) or ``FORMAT-SCHEME-tuned``, fp32 and the peers."""
     if config == "fp32":
         return {"kind": "fp32"}
     if config in PEERS:
         return {"kind": "peer", "peer_variant": PEERS[config]}
     parts = config.split("-")
     scheme = {v: k for k, v in SCHEMES.items()}.get(parts[1] if len(parts) > 1 else "")
-    if len(parts) not in (2, 3) or scheme is None or (len(parts) == 3 and parts[2] not in ("bn", "tuned")):
+    flags = tuple(parts[2:])
+    if scheme is None or flags not in _SUFFIXES:
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn|-tuned] (FORMAT: e4m3, or e3m4w.e4m3a for mixed formats)")
+                         "FORMAT-std|ext[-bn][-wmse] or FORMAT-std|ext-tuned (FORMAT: e4m3, or "
+                         "e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales)")
     w, a = parse_format(parts[0])
     fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
-    if len(parts) == 3 and parts[2] == "tuned":
+    if flags == ("tuned",):
         if w != a:
             raise ValueError(f"configuration {config!r}: tuning starts from one format (it tries "
                              "mixed formats per op type itself)")
         return {"kind": "tuned", **fmt, "scheme": scheme, "bn_calib": False,
                 "max_trials": TUNE_TRIALS, "target_loss": 0.01}
-    return {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": len(parts) == 3}
+    spec = {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": "bn" in flags}
+    if "wmse" in flags:  # absent = the compiler's default (max), so older specs read the same
+        spec["weight_calib_method"] = "mse"
+    return spec
 
 
 def job_key(row: dict) -> tuple:
@@ -241,13 +262,15 @@ def _local_runner(jobs: int, timeout: float, launcher: Callable):
     return run
 
 
-def _priority(spec: dict) -> int:
+def _priority(spec: dict) -> float:
     """Run order: standard scheme and the peer for every model first, then extended, then
-    BatchNorm calibration, so a sweep cut short still covers every model (stable sort)."""
+    BatchNorm calibration, so a sweep cut short still covers every model (stable sort);
+    least-error weight scales right after the same setting with max scaling."""
     if spec["kind"] != "ours":
         return 0
-    return {("standard", False): 0, ("extended", False): 1, ("standard", True): 2,
-            ("extended", True): 3}[(spec["scheme"], bool(spec.get("bn_calib")))]
+    return ({("standard", False): 0, ("extended", False): 1, ("standard", True): 2,
+             ("extended", True): 3}[(spec["scheme"], bool(spec.get("bn_calib")))]
+            + 0.5 * (spec.get("weight_calib_method", "max") != "max"))
 
 
 def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool = False,

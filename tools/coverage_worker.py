@@ -6,12 +6,15 @@ custom ops and run by ``fp8onnx.runtime``) or ``peer`` (onnxruntime's quantize_s
 see peer_ort.py). The job prints one JSON row as the last line of stdout:
 
     {"model": "digits_cnn", "config": "e4m3-std", "status": "ok", "metric": 0.9933,
-     "relative_loss": 0.0022, "compile_s": 0.41, "compile_peak_rss_mb": 310.2, ...}
+     "relative_loss": 0.0022, "compile_s": 0.41, "compile_peak_rss_mb": 310.2,
+     "run_ratio": 1.12, ...}
 
 Peak memory is ``getrusage(RUSAGE_SELF).ru_maxrss`` of this fresh process read right after
 the compile (so it is the compile's peak, imports, model and calibration data included);
 ``base_rss_mb`` is the same figure just before the compile. ``RLIMIT_AS`` caps the process
 (``mem_limit_gb``) so a runaway job fails alone. Exceptions become ``"failed: ..."`` rows.
+``run_ratio`` is the quantized model's run time over the FP32 model's, both timed in this
+job side by side (see ``side_by_side``); ``run_s`` is each row's own median, for scale only.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["run_job", "main"]
+__all__ = ["run_job", "side_by_side", "main"]
 
 _TOOLS = Path(__file__).resolve().parent
 # keep tools/ off sys.path: a script here must not shadow an installed package (Numba imports coverage).
@@ -57,6 +60,66 @@ def _median_run_s(session, feed, repeat: int = 5) -> float:
         session.run(None, feed)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def side_by_side(sessions, feed, *, budget_s: float = 3.0, min_rounds: int = 3, max_rounds: int = 9,
+                 clock=time.perf_counter) -> dict:
+    """Run time of ``sessions[1]`` relative to ``sessions[0]``, measured side by side.
+
+    Each round times both sessions on the same feed, in alternating order (a session that
+    always runs second would inherit the first's cache and thread state); the ratio is the
+    median over rounds of the per-round ratio, so load that drifts between rounds (other
+    jobs on shared cores) affects both sides of each ratio alike. (Run times from different
+    jobs, at different load, read ours as ~3x FP32 on PP-OCR rec/det; tools/bench_runtime.py
+    measures 1.03-1.05x side by side.) A sample repeats a run until it lasts about 20 ms;
+    rounds fill ``budget_s`` within ``min_rounds``..``max_rounds``, at least 3 rounds of one
+    run each on a large model.
+    Returns {"ratio", "rounds_s": [[s0, s1], ...] (seconds per run), "inner"}.
+    """
+    fns = []
+    for sess in sessions:
+        names = {i.name for i in sess.get_inputs()}
+        f = {k: v for k, v in feed.items() if k in names}  # a specialized model takes fewer inputs
+        fns.append(lambda sess=sess, f=f: sess.run(None, f))
+    once = []
+    for fn in fns:
+        fn()  # warm-up: allocations, lazy kernel loading, pre-packing
+        t = clock()
+        fn()
+        once.append(clock() - t)
+    inner = max(1, int(0.02 / max(min(once), 1e-6)))
+    rounds = int(min(max_rounds, max(min_rounds, budget_s / max(inner * sum(once), 1e-9))))
+    times = []
+    for r in range(rounds):
+        per = [0.0] * len(fns)
+        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+            t = clock()
+            for _ in range(inner):
+                fns[i]()
+            per[i] = (clock() - t) / inner
+        times.append(per)
+    return {"ratio": statistics.median(b / a for a, b in times), "rounds_s": times, "inner": inner}
+
+
+def _one_thread_session(runtime: str, data: bytes):
+    """A session like the row's own (``runtime``: "fp8onnx" = fp8onnx.runtime, "ort" = the
+    zoo's onnxruntime session without FP8-unsafe rewrites, "ort-default" = onnxruntime as
+    it comes) on one intra-op thread: the ratio is per core, as tools/bench_runtime.py
+    measures it, and two jobs sharing the machine's cores disturb it less."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if runtime == "fp8onnx":
+        from fp8onnx.runtime import InferenceSession
+
+        return InferenceSession(data, so)
+    from fp8onnx.zoo import ORT_FP8_UNSAFE
+
+    unsafe = list(ORT_FP8_UNSAFE) if runtime == "ort" else []
+    return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=unsafe)
 
 
 def _warm_up() -> float:
@@ -106,11 +169,16 @@ def _formats(spec) -> dict:
     return {"weight_format": spec["weight_format"], "activation_format": spec["activation_format"]}
 
 
-def _recipe_formats(model) -> list:
-    """[weight format, activation format] as the compiled model's stored recipe says (read
-    back, so a row shows what was compiled, not what was asked)."""
+def _stored_recipe(model) -> dict:
+    """The recipe the compiled model stores in its metadata (read back, so a row shows what
+    was compiled, not what was asked)."""
     meta = {p.key: p.value for p in model.metadata_props}
-    recipe = json.loads(meta.get("fp8onnx.recipe", "{}"))
+    return json.loads(meta.get("fp8onnx.recipe", "{}"))
+
+
+def _recipe_formats(model) -> list:
+    """[weight format, activation format] as the compiled model's stored recipe says."""
+    recipe = _stored_recipe(model)
     return [recipe.get("weight_format"), recipe.get("activation_format")]
 
 
@@ -136,6 +204,8 @@ def _compile_ours(entry, calib, spec):
 
     opts = dict(**_formats(spec), scheme=spec["scheme"], emit="emulate",
                 calib_method=spec.get("calib_method", "max"), **entry.compile_options)
+    if spec.get("weight_calib_method"):  # only when asked: older specs compile as they did
+        opts["weight_calib_method"] = spec["weight_calib_method"]
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None
@@ -221,7 +291,9 @@ def run_job(spec: dict) -> dict:
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
             row["recipe_formats"] = _recipe_formats(q)
+            row["recipe_weight_calib"] = _stored_recipe(q).get("weight_calib_method")
             data, factory = q.SerializeToString(), session_for(q)
+            runtime = "fp8onnx" if factory is not zoo.ort_session else "ort"
             if spec.get("bn_calib"):
                 row["bn_calib_via"], row["bn_calib_layers"] = via, layers
         elif kind == "tuned":
@@ -229,6 +301,7 @@ def run_job(spec: dict) -> dict:
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
             data, factory = q.SerializeToString(), session_for(q)
+            runtime = "fp8onnx" if factory is not zoo.ort_session else "ort"
         elif kind == "peer":
             peer_ort = _load_peer()
 
@@ -237,7 +310,7 @@ def run_job(spec: dict) -> dict:
             row["peer_calib_note"] = "; ".join(notes)
             row["compile_s"] = time.perf_counter() - t0
             row["compile_peak_rss_mb"] = _rss_mb()
-            factory = peer_ort.default_session
+            factory, runtime = peer_ort.default_session, "ort-default"
             # The two sessions fail independently (onnxruntime's default one can refuse the
             # peer's own model): each gets its metric or its error.
             try:
@@ -254,11 +327,20 @@ def run_job(spec: dict) -> dict:
         if kind != "peer" or row.get("metric_safe") is None:
             raise
         row["metric"], row["default_session_error"] = None, _oneline(e)
-        factory = peer_ort.safe_session
+        factory, runtime = peer_ort.safe_session, "ort"
     row["eval_s"] = time.perf_counter() - t0
     row["details"] = dict(entry.last_details)
     row["run_s"] = _median_run_s(factory(data), eval_feed)
     row["peak_rss_mb"] = _rss_mb()
+    if kind != "fp32":
+        # After the peak RSS reading: the two extra sessions are not the job's footprint.
+        try:
+            sbs = side_by_side([_one_thread_session("ort", fp32.SerializeToString()),
+                                _one_thread_session(runtime, data)], eval_feed)
+            row["run_ratio"] = sbs["ratio"]
+            row["run_side_by_side"] = {"threads": 1, "inner": sbs["inner"], "rounds_s": sbs["rounds_s"]}
+        except Exception as e:  # noqa: BLE001 - a timing failure must not cost the row
+            row["run_ratio"], row["run_ratio_error"] = None, _oneline(e)
     row["eval_samples"], row["calib_samples"] = eval_n, (None if kind == "fp32" else calib_n or 32)
     ref = spec.get("fp32_metric")
     if ref:
