@@ -111,8 +111,8 @@ def plan_quantization(model: onnx.ModelProto, recipe: Recipe) -> Plan:
     scheme = _schemes.get(recipe.scheme)
     plan = Plan(scheme.name)
     _plan_graph(model.graph, "main", scheme, recipe, plan)
-    if recipe.keep_first_last:
-        _keep_first_last(plan)
+    if recipe.keep_first_last or recipe.keep_first:
+        _keep_first_last(plan, last=recipe.keep_first_last)
     return plan
 
 
@@ -201,9 +201,10 @@ def _decide(spec, m, path, graph, index, recipe) -> UnitDecision:
     return d
 
 
-def _keep_first_last(plan: Plan) -> None:
+def _keep_first_last(plan: Plan, last: bool = True) -> None:
     main = [u for u in plan.units if u.graph_path == "main" and u.weight_uses]
-    for u in {id(x): x for x in (main[:1] + main[-1:])}.values():
+    flag = "--keep-first-last" if last else "--keep-first"
+    for u in {id(x): x for x in (main[:1] + (main[-1:] if last else []))}.values():
         u.activation_uses.clear()
         u.weight_uses.clear()
-        u.notes.append("kept float by --keep-first-last")
+        u.notes.append(f"kept float by {flag}")

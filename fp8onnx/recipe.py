@@ -46,6 +46,9 @@ class Recipe:
     weight_calib_method: str = "max"
     exclude: List[str] = field(default_factory=list)
     keep_first_last: bool = False
+    #: Only the first weighted layer in float: the one that reads the raw input (an image's
+    #: 8-bit pixels lose most under a 3-4 bit mantissa, and edge kernels cancel).
+    keep_first: bool = False
     op_types: Dict[str, object] = field(default_factory=dict)
     nodes: Dict[str, object] = field(default_factory=dict)
     dynamic: bool = False

@@ -70,6 +70,22 @@ def test_mixed_format_flags_and_recipe_file(tmp_path):
     assert json.loads(meta["fp8onnx.recipe"])["weight_format"] == "e3m4"
 
 
+def test_keep_first_flag_keeps_only_the_first_conv_float(tmp_path):
+    out = tmp_path / "o.onnx"
+    p = run(CNN, "-o", str(out), "--calib", CALIB, "--keep-first")
+    assert p.returncode == 0, p.stderr
+    assert "1 Conv: kept float by --keep-first" in p.stdout, p.stdout
+    q = onnx.load(str(out))
+    meta = {m.key: m.value for m in q.metadata_props}
+    assert json.loads(meta["fp8onnx.recipe"])["keep_first"] is True
+    src = onnx.load(CNN)
+    first = next(n.name for n in src.graph.node if n.op_type == "Conv")
+    convs = {n.name: n for n in q.graph.node if n.op_type == "Conv"}
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    fed_by_dq = {name: producers.get(n.input[1]) == "DequantizeLinear" for name, n in convs.items()}
+    assert fed_by_dq.pop(first) is False and all(fed_by_dq.values()), fed_by_dq
+
+
 @pytest.fixture
 def workdir(tmp_path):
     shutil.copy(CNN, tmp_path / "in.onnx")

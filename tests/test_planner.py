@@ -89,6 +89,12 @@ def test_keep_first_last():
     assert u["conv"].status == u["fc"].status == "float"
 
 
+def test_keep_first_keeps_only_the_layer_reading_the_input():
+    u = units(plan_quantization(B.conv_relu_gemm(), Recipe(keep_first=True)))
+    assert u["conv"].status == "float" and "kept float by --keep-first" in u["conv"].notes
+    assert u["fc"].status != "float" and u["fc"].weight_format == "e4m3"
+
+
 def test_embedding_gather_weights_only_and_index_gather_ignored():
     table = np.arange(20, dtype=np.float32).reshape(5, 4)
     m = B.model([helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
