@@ -9,7 +9,6 @@ fixed recipes and among the best-of choices; results without them read as before
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -222,3 +221,38 @@ def test_cost_table_shows_side_by_side_ratios_and_marks_old_rows():
     by[("b", "e4m3-std")]["run_ratio"] = 1.10
     md = report.render_markdown(report.summarize(rows)).split("## Cost")[1]
     assert _cells(md, "**median ratio**")[-2:] == ["**1.07**", "**—**"] and "n/s" not in md
+
+
+def test_rerun_runs_those_configurations_again_and_the_newer_row_counts(tmp_path):
+    """--resume --rerun C: only C's jobs run again (FP32 first if asked), the file keeps
+    both rows and the report reads the newer one."""
+    calls, every = [], []
+
+    def launcher(spec, timeout):
+        calls.append(spec["config"])
+        every.append(spec["config"])
+        n = every.count(spec["config"])
+        metric = 1.0 if spec["kind"] == "fp32" else 1.0 - 0.02 / n  # the rerun is within 1%
+        return {"model": spec["model"], "config": spec["config"], "kind": spec["kind"], "status": "ok",
+                "metric": metric, "run_ratio": None if n == 1 else 1.1}
+
+    specs, _ = cov.plan_jobs([zoo.get("digits_mlp")], ["fp32", "e4m3-std", "e3m4-std"])
+    cov.run_sweep(specs, [], tmp_path, jobs=1, launcher=launcher, log=lambda *a: None)
+    assert sorted(calls) == ["e3m4-std", "e4m3-std", "fp32"]
+    calls.clear()
+    cov.run_sweep(specs, [], tmp_path, resume=True, rerun=["e4m3-std"], jobs=1, launcher=launcher,
+                  log=lambda *a: None)
+    assert calls == ["e4m3-std"]
+    rows = cov.read_rows(tmp_path / "results.jsonl")
+    assert [r["config"] for r in rows].count("e4m3-std") == 2
+    s = report.summarize(rows)
+    assert s["loss"][("digits_mlp", "e4m3-std")] == pytest.approx(0.01)
+    assert s["rows"][("digits_mlp", "e4m3-std")]["run_ratio"] == 1.1
+    run = lambda *a: subprocess.run([sys.executable, str(TOOLS / "coverage_study.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    bad = run("--models", "digits_mlp", "--rerun", "e4m3-std", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "needs --resume" in bad.stderr
+    bad = run("--models", "digits_mlp", "--configs", "e3m4-std", "--resume", "--rerun", "e4m3-std",
+              "--out", str(tmp_path))
+    assert bad.returncode == 2 and "not among the configurations" in bad.stderr
+    assert [r["config"] for r in cov.read_rows(tmp_path / "results.jsonl")] == [r["config"] for r in rows]

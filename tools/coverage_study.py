@@ -13,6 +13,7 @@ figures are written at the end (tools/coverage_report.py)::
     python tools/coverage_study.py                      # everything, 2 local jobs at a time
     python tools/coverage_study.py --quick --out /tmp/cov   # digits + ppocr_cls, few samples (CI)
     python tools/coverage_study.py --models digits_cnn,minilm_l6 --resume
+    python tools/coverage_study.py --resume --rerun e4m3-std,peer   # those jobs again, rows replaced
     python tools/coverage_study.py --ray-address auto   # the same jobs on a Ray cluster
     python tools/coverage_study.py --report-only        # rebuild coverage.md/PNGs from results.jsonl
 
@@ -275,16 +276,20 @@ def _priority(spec: dict) -> float:
 
 def run_sweep(specs: List[dict], skipped: List[dict], out: Path, *, resume: bool = False,
               jobs: int = 2, timeout: float = 3600.0, ray_address: Optional[str] = None,
-              launcher: Callable = launch, retry_failed: bool = False, log=print) -> List[dict]:
+              launcher: Callable = launch, retry_failed: bool = False, rerun: Iterable[str] = (),
+              log=print) -> List[dict]:
     """Run the jobs not yet in ``out/results.jsonl`` (with ``resume``), FP32 first so every
-    quantized row carries its relative loss; returns the rows launched this time."""
+    quantized row carries its relative loss; returns the rows launched this time. With
+    ``resume``, configurations in ``rerun`` run again even where rows exist (the newer row
+    is the one the report reads), e.g. to measure a figure older rows lack."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
     old = read_rows(path) if resume else []
     if not resume and path.exists():
         path.unlink()
+    rerun = set(rerun)
     done = {job_key(r): r for r in old
-            if not (retry_failed and str(r.get("status", "")).startswith("failed"))}
+            if not (retry_failed and str(r.get("status", "")).startswith("failed")) and r["config"] not in rerun}
     lock = threading.Lock()
     launched: List[dict] = []
 
@@ -333,6 +338,9 @@ def _parse_args(argv):
     ap.add_argument("--out", default=str(ROOT / "docs" / "coverage"), help="output folder")
     ap.add_argument("--resume", action="store_true", help="skip jobs already in results.jsonl")
     ap.add_argument("--retry-failed", action="store_true", help="with --resume: rerun failed jobs")
+    ap.add_argument("--rerun", default="",
+                    help="with --resume: comma-separated configurations to run again even where rows exist "
+                         "(e.g. e4m3-std,peer for the cost table's side-by-side run times)")
     ap.add_argument("--ray-address", default=None, help="run the jobs on this Ray cluster (e.g. auto)")
     ap.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default 32)")
     ap.add_argument("--eval-samples", default=None,
@@ -374,10 +382,17 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        rerun = [c.strip() for c in args.rerun.split(",") if c.strip()]
+        unknown = [c for c in rerun if c not in configs]
+        if unknown or (rerun and not args.resume):
+            print(f"error: --rerun {','.join(unknown or rerun)}: " + (
+                "not among the configurations of this sweep (see --configs)" if unknown else
+                "needs --resume (without it every job runs anyway, into a fresh results.jsonl)"), file=sys.stderr)
+            return 2
         specs, skipped = plan_jobs(entries, configs, calib_samples=calib_n, eval_samples=eval_n,
                                    mem_limit_gb=args.mem_limit_gb)
         run_sweep(specs, skipped, out, resume=args.resume, jobs=args.jobs, timeout=args.timeout,
-                  ray_address=args.ray_address, retry_failed=args.retry_failed)
+                  ray_address=args.ray_address, retry_failed=args.retry_failed, rerun=rerun)
     rows = read_rows(out / "results.jsonl")
     if not rows:
         print(f"error: no rows in {out / 'results.jsonl'}: run the sweep first", file=sys.stderr)
