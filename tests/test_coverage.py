@@ -223,7 +223,10 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + 3 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + 3 + 2 and names[0] == "fp32"
+    assert cov.config_spec("e3m4-std-wmse-kf") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
+                                                   "bn_calib": False, "weight_calib_method": "mse",
+                                                   "keep_first": True}
     assert {"e3m4w.e4m3a-std", "e4m3w.e3m4a-std", "e3m4w.e4m3a-std-bn", "e4m3w.e3m4a-std-bn"} <= set(names)
     assert cov.config_spec("e3m4w.e4m3a-std-bn") == {"kind": "ours", "weight_format": "e3m4",
                                                      "activation_format": "e4m3", "scheme": "standard",

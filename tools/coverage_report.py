@@ -36,7 +36,9 @@ FORMATS = FP8 + ("int8",)
 #: scales (``weight_calib_method="mse"``), a fixed recipe like the others; its rows appear
 #: only where a sweep ran one (results from before it read as they did).
 WMSE_SETTINGS = (("std", "-wmse"), ("std", "-bn-wmse"), ("ext", "-wmse"), ("ext", "-bn-wmse"))
-SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS
+#: ``-kf``: the first weighted layer kept in float (``keep_first=True``); shown where run.
+KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
+SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
 ALL_SETTINGS = SETTINGS + (TUNED,)
@@ -46,6 +48,9 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-bn-wmse"): "standard + BN calib + MSE weight scales",
                  ("ext", "-wmse"): "extended + MSE weight scales",
                  ("ext", "-bn-wmse"): "extended + BN calib + MSE weight scales",
+                 ("std", "-kf"): "standard, first layer float",
+                 ("std", "-wmse-kf"): "standard + MSE weight scales, first layer float",
+                 ("std", "-bn-kf"): "standard + BN calib, first layer float",
                  TUNED: "standard + accuracy-aware tuning"}
 _SUFFIXES = {f"{sch}{bn}": (sch, bn) for sch, bn in ALL_SETTINGS}
 #: The library's default recipe (``fp8onnx.compile`` without options): the a priori choice.
@@ -297,7 +302,8 @@ def _notes(s: dict) -> List[str]:
     rows = [r for r in s["rows"].values() if r.get("status") == "ok"]
     calib = sorted({r.get("calib_samples") for r in rows if r.get("calib_samples")})
     via = sorted({r.get("bn_calib_via") for r in rows if r.get("bn_calib_via")})
-    wmse = any(c.endswith("-wmse") for _, c in s["rows"])
+    wmse = any("-wmse" in c for _, c in s["rows"])
+    kf = any(c.endswith("-kf") for _, c in s["rows"])
     return [
         "How each configuration ran:\n",
         "- **ours**: `fp8onnx.compile_model(format=F, scheme=S, calib_method=\"max\", emit=\"emulate\"`"
@@ -310,6 +316,9 @@ def _notes(s: dict) -> List[str]:
            "`weight_calib_method=\"mse\"`: each weight channel's threshold is the one of 51 from 0.5 to 1.0 "
            "times its amax with the least squared rounding error on the format's grid (max scaling where "
            "that is as good); with BatchNorm calibration the clipped weights are what it measures." if wmse else "")
+        + (" Settings *first layer float* (configurations `...-kf`) add `keep_first=True`: the first "
+           "weighted layer of the main graph (the one reading the raw input) stays in float, weights and "
+           "input alike, as deployments keep a sensitive layer in FP16/BF16." if kf else "")
         + (f" BatchNorm calibration ran via: {', '.join(via)} (`api` = `compile_model(bn_calib=True)`; "
            "`pass` = the same BatchNormCalibration pass applied before `compile_model`, in rows from before "
            "the API wired it in)." if via else "")
@@ -351,7 +360,7 @@ def _headline(s: dict) -> List[str]:
          "the calibration split, never on the held-out split counted here.\n",
          "| setting | " + " | ".join(format_label(f) for f in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for st in ALL_SETTINGS:
-        if (st == TUNED or st in WMSE_SETTINGS) and not any(w[st][f] for f in cols):
+        if (st == TUNED or st in WMSE_SETTINGS or st in KF_SETTINGS) and not any(w[st][f] for f in cols):
             continue
         L.append(f"| {SETTING_NAMES[st]} | " + " | ".join(_count(w[st][f]) for f in cols) + " |")
     fixed = [(w[st][f], f, st) for st in SETTINGS for f in cols if _is_fp8(f) and w[st][f]]

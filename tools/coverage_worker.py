@@ -206,6 +206,8 @@ def _compile_ours(entry, calib, spec):
                 calib_method=spec.get("calib_method", "max"), **entry.compile_options)
     if spec.get("weight_calib_method"):  # only when asked: older specs compile as they did
         opts["weight_calib_method"] = spec["weight_calib_method"]
+    if spec.get("keep_first"):
+        opts["keep_first"] = True
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None
