@@ -7,7 +7,8 @@ Figure 4 (loss per model and format) and Figure 5 (loss against model size) as P
     >>> s = coverage_report.summarize(rows)                       # doctest: +SKIP
     >>> "\\n".join(cost_section(s)); write_plots(s, Path("docs/coverage"))  # doctest: +SKIP
 
-The tables about accuracy stay in coverage_report.py; this module only presents figures.
+The tables about accuracy stay in coverage_report.py and coverage_tables.py; this module only
+presents costs and figures.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The coverage study's report: tables in markdown; the cost section and the paper's Figures 4
-and 5 (PNGs) come from coverage_plots.py.
+"""The coverage study's report: the summary of the rows and its markdown. The headline
+tables (fixed recipes, best of several per model, the peer) and their counts come from
+coverage_tables.py; the cost section and the paper's Figures 4 and 5 (PNGs) from
+coverage_plots.py.
 
 Everything is recomputed from the rows of ``results.jsonl`` (one per model and
 configuration, see coverage_worker.py): relative loss ``(m_fp32 - m_q) / m_fp32`` against
@@ -13,9 +15,7 @@ weights with E4M3 activations), so a new format or mixed pair is a new column::
     ((7, 11), (7, 11))
     >>> write_report(rows, Path("docs/coverage"))                        # doctest: +SKIP
 
-Two kinds of count are kept apart: a *fixed recipe* (one format and setting for every
-model, decided before looking) and a *best of several* per model, picked on the same
-held-out split it is reported on, which is selection on the test set and an upper bound.
+Fixed recipes and best-of-several selections are counted apart (coverage_tables.py says why).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 __all__ = ["THRESHOLD", "latest", "losses", "split_config", "format_label", "format_columns", "summarize",
-           "render_markdown", "write_report"]
+           "render_markdown", "write_report", "is_fp8", "is_within", "config_name"]
 
 _TOOLS = Path(__file__).resolve().parent
 
@@ -58,14 +58,15 @@ DEFAULT = ("e4m3", ("std", ""))
 PAPER = {"fp8": 0.9264, "int8": 0.6587}
 
 
-def _plots():
-    """tools/coverage_plots.py (the cost section and the figures), loaded by file path the
-    way the tools load each other; imported on first use, since it imports this module."""
+def _sibling(name: str):
+    """tools/<name>.py (coverage_plots: the cost section and figures; coverage_tables: the
+    headline counts and tables), loaded by file path the way the tools load each other;
+    imported on first use, since each imports this module."""
     import importlib.util
 
-    key = "fp8onnx_tools_coverage_plots"
+    key = f"fp8onnx_tools_{name}"
     if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, _TOOLS / "coverage_plots.py")
+        spec = importlib.util.spec_from_file_location(key, _TOOLS / f"{name}.py")
         sys.modules[key] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[key]
@@ -105,7 +106,8 @@ def format_label(token: str) -> str:
     return w.upper() if w == a else f"W {w.upper()} / A {a.upper()}"
 
 
-def _is_fp8(token: str) -> bool:
+def is_fp8(token: str) -> bool:
+    """Every format of the token (``e4m3``, ``e3m4w.e4m3a``) is an FP8 format."""
     return all(f in _fp8_names()[0] for f in _pair(token))
 
 
@@ -117,9 +119,9 @@ def format_columns(configs) -> List[str]:
     tokens = {sc[0] for sc in map(split_config, configs) if sc and all(f in known for f in sc[1])}
     rank = {f: i for i, f in enumerate(FP8 + tuple(f for f in fp8 if f not in FP8))}
     others = sorted((t for t in tokens if t not in FORMATS),
-                    key=lambda t: (not _is_fp8(t), "." in t, [rank.get(f, 99) for f in _pair(t)], t))
-    fp8_others = [t for t in others if _is_fp8(t)]
-    return list(FP8) + fp8_others + ["int8"] + [t for t in others if not _is_fp8(t)]
+                    key=lambda t: (not is_fp8(t), "." in t, [rank.get(f, 99) for f in _pair(t)], t))
+    fp8_others = [t for t in others if is_fp8(t)]
+    return list(FP8) + fp8_others + ["int8"] + [t for t in others if not is_fp8(t)]
 
 
 def latest(rows: List[dict]) -> Dict[tuple, dict]:
@@ -149,7 +151,8 @@ def losses(rows: List[dict], *, metric_key: str = "metric") -> Dict[tuple, Optio
     return out
 
 
-def _within(loss: Optional[float]) -> bool:
+def is_within(loss: Optional[float]) -> bool:
+    """The paper's criterion: a relative loss of at most 1%; a failed job (None) is not within."""
     return loss is not None and loss <= THRESHOLD
 
 
@@ -169,43 +172,15 @@ def models_of(rows: List[dict]):
     return seen, skipped
 
 
-def _cfg(token: str, setting: tuple) -> str:
+def config_name(token: str, setting: tuple) -> str:
+    """(``e4m3``, (``std``, ``-bn``)) -> ``e4m3-std-bn``: split_config's inverse."""
     return f"{token}-{setting[0]}{setting[1]}"
 
 
-def _best_of(models, by, L, configs: List[str]):
-    """(models within 1% with the best of ``configs`` per model, models it ran on)."""
-    on = [m for m in models if any((m, c) in by for c in configs)]
-    return sum(any(_within(L.get((m, c))) for c in configs) for m in on), len(on)
-
-
-def _selections(models, by, L, formats, ran) -> List[dict]:
-    """The best-of-several counts, each with the configurations it chooses among."""
-    fp8 = [t for t in formats if _is_fp8(t)]
-    out = []
-
-    def add(label, fp8_cfgs, int8_cfgs=()):
-        fp8_cfgs, int8_cfgs = [c for c in fp8_cfgs if c in ran], [c for c in int8_cfgs if c in ran]
-        if len(fp8_cfgs) > 1 or len(int8_cfgs) > 1:
-            out.append({"label": label, "fp8_over": fp8_cfgs, "int8_over": int8_cfgs,
-                        "fp8": _best_of(models, by, L, fp8_cfgs) if fp8_cfgs else None,
-                        "int8": _best_of(models, by, L, int8_cfgs) if len(int8_cfgs) > 1 else None})
-    for st in SETTINGS:
-        add(f"{SETTING_NAMES[st]}: best FP8 format per model", [_cfg(t, st) for t in fp8])
-    single = [_cfg(t, st) for st in SETTINGS for t in fp8 if "." not in t]
-    every = [_cfg(t, st) for st in SETTINGS for t in fp8]
-    int8 = [_cfg("int8", st) for st in SETTINGS]
-    add("best of every untuned setting, single formats only", single, int8)
-    if every != single:
-        add("best of every untuned setting, mixed formats included", every, int8)
-    tuned = [_cfg(t, TUNED) for t in fp8]
-    if any(c in ran for c in tuned):
-        add("best of every setting, tuning included", every + tuned, int8 + [_cfg("int8", TUNED)])
-    return out
-
-
 def summarize(rows: List[dict]) -> dict:
-    """Counts and medians the markdown shows (also what the tests recount)."""
+    """Counts and medians the markdown shows (also what the tests recount); the within-1%
+    counts, best-of selections and the peer's counts come from coverage_tables.py."""
+    tables = _sibling("coverage_tables")
     by = latest(rows)
     models, skipped = models_of(list(by.values()))
     L = losses(list(by.values()))
@@ -213,37 +188,10 @@ def summarize(rows: List[dict]) -> dict:
     n = len(models)
     ran = {c for (_, c) in by}
     formats = format_columns(ran)
-    fp8 = [t for t in formats if _is_fp8(t)]
-    within, best, best_over = {}, {}, {}
-    for setting in ALL_SETTINGS:
-        # Denominators count the models the configuration ran on (a cut-short sweep says so);
-        # None = the configuration is not part of this sweep.
-        counts = {}
-        for f in formats:
-            ran_on = [m for m in models if (m, _cfg(f, setting)) in by]
-            counts[f] = ((sum(_within(L.get((m, _cfg(f, setting)))) for m in ran_on), len(ran_on))
-                         if ran_on else None)
-        over = [f for f in fp8 if counts[f] is not None]
-        per_model_best = {}
-        for m in models:
-            cand = {f: L.get((m, _cfg(f, setting))) for f in over if (m, _cfg(f, setting)) in by}
-            if cand:
-                cand = {f: v for f, v in cand.items() if v is not None}
-                per_model_best[m] = min(cand.items(), key=lambda kv: kv[1]) if cand else (None, None)
-        counts["best_fp8"] = ((sum(_within(v) for _, v in per_model_best.values()), len(per_model_best))
-                              if per_model_best else None)
-        within[setting], best[setting], best_over[setting] = counts, per_model_best, over
-    selections = _selections(models, by, L, formats, ran)
-    sel = {x["label"]: x for x in selections}
-    first = sel.get("best of every untuned setting, single formats only")
-    within["any"] = {"best_fp8": first["fp8"] if first else (0, n), "int8": first["int8"] if first else (0, n)}
-    tuned = sel.get("best of every setting, tuning included")
-    within["any_tuned"] = None if tuned is None else {"best_fp8": tuned["fp8"], "int8": tuned["int8"]}
-    peers = {}
-    for cfg in ("peer", "peer-sym"):
-        peers[cfg] = None if cfg not in ran else {
-            "default": (sum(_within(L.get((m, cfg))) for m in models), n),
-            "safe": (sum(_within(Ls.get((m, cfg))) for m in models), n)}
+    within, best, best_over = tables.within_counts(models, by, L, formats)
+    selections = tables.selections(models, by, L, formats, ran)
+    within.update(tables.best_of_everything(selections, n))
+    peers = tables.peer_counts(models, L, Ls, ran)
     domains = {}
     for m in models:
         domains.setdefault(by[(m, "fp32")].get("domain") or "?", []).append(m)
@@ -262,18 +210,11 @@ def _pct(x: Optional[float]) -> str:
     return "failed" if x is None else f"{100 * x:.2f}%"
 
 
-def _count(c) -> str:
-    if c is None:
-        return "not run"
-    k, n = c
-    return f"{k}/{n} ({100 * k / n:.0f}%)" if n else "0/0"
-
-
 def _domain_trend(s: dict) -> List[str]:
     """Mean loss per domain and format (standard scheme, every model of the domain run) and
     which FP8 format is best per model (ties shared)."""
     cols = [f for f in s["formats"] if s["within"][("std", "")][f] is not None]
-    fp8 = [f for f in cols if _is_fp8(f)]
+    fp8 = [f for f in cols if is_fp8(f)]
     lines = ["| domain | models | " + " | ".join(f"mean loss {format_label(f)}" for f in cols)
              + " | best FP8 (models, ties shared) |", "|---|---|" + "---|" * (len(cols) + 1)]
     trend = {}
@@ -336,72 +277,6 @@ def _notes(s: dict) -> List[str]:
     ]
 
 
-def _over_text(configs: List[str]) -> str:
-    """``e4m3-std, e3m4-std, e4m3-ext, e3m4-ext, int8-std`` -> "E4M3, E3M4 x (standard,
-    extended); INT8 x standard (5)": settings with the same formats share one group."""
-    per_setting: Dict[tuple, List[str]] = {}
-    for c in configs:
-        token, _, setting = split_config(c)
-        per_setting.setdefault(setting, []).append(format_label(token))
-    groups: Dict[tuple, List[str]] = {}
-    for st, fs in per_setting.items():
-        groups.setdefault(tuple(fs), []).append(SETTING_NAMES[st])
-    parts = [f"{', '.join(fs)} x " + (sts[0] if len(sts) == 1 else f"({', '.join(sts)})")
-             for fs, sts in groups.items()]
-    return "; ".join(parts) + f" ({len(configs)})"
-
-
-def _headline(s: dict) -> List[str]:
-    w, n, cols = s["within"], len(s["models"]), s["formats"]
-    L = ["## Headline: models within 1% relative loss\n",
-         "### Fixed recipes: one recipe for every model, decided in advance\n",
-         "Each cell applies one format and setting to every model: an a priori count, the figure a user "
-         "gets from that recipe. The tuning row is a fixed *procedure* whose choices per model are made on "
-         "the calibration split, never on the held-out split counted here.\n",
-         "| setting | " + " | ".join(format_label(f) for f in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for st in ALL_SETTINGS:
-        if (st == TUNED or st in WMSE_SETTINGS or st in KF_SETTINGS) and not any(w[st][f] for f in cols):
-            continue
-        L.append(f"| {SETTING_NAMES[st]} | " + " | ".join(_count(w[st][f]) for f in cols) + " |")
-    fixed = [(w[st][f], f, st) for st in SETTINGS for f in cols if _is_fp8(f) and w[st][f]]
-    d_fmt, d_st = DEFAULT
-    default = w[d_st].get(d_fmt)
-    L.append("")
-    if default:
-        L.append(f"- The library's default recipe ({format_label(d_fmt)}, {SETTING_NAMES[d_st]} scheme): "
-                 f"**{_count(default)}**.")
-    if fixed:
-        lo, hi = min(fixed, key=lambda x: x[0][0]), max(fixed, key=lambda x: x[0][0])
-        tops = [f"{format_label(f)} {SETTING_NAMES[st]}" for c, f, st in fixed if c[0] == hi[0][0]]
-        L.append(f"- The {len(fixed)} untuned FP8 recipes range from {_count(lo[0])} to {_count(hi[0])} "
-                 f"(best: {'; '.join(tops)}). Naming the best cell after reading the table is itself a "
-                 f"choice among {len(fixed)} recipes on the held-out split.")
-    L.append("")
-    sels = s["selections"]
-    if sels:
-        L.append("### Best of several configurations per model: selection on the held-out split\n")
-        L.append("Here a model counts if *any* of the listed configurations keeps it within 1%. The "
-                 "configuration is picked per model on the same held-out split the loss is reported on: that is "
-                 "selection on the test set, so these counts are upper bounds, not what a recipe fixed in advance "
-                 "gives. With k chances per model, noise alone can carry a model under 1% (on an agreement metric "
-                 "one sample of n is a loss of 1/n). FP8 gets more chances than INT8 in the same row (more "
-                 "formats), which favours it.\n")
-        L.append("| best per model of | among (k configurations) | FP8 | INT8 |")
-        L.append("|---|---|---|---|")
-        for x in sels:
-            L.append(f"| {x['label']} | {_over_text(x['fp8_over'])} | **{_count(x['fp8'])}** | "
-                     + (f"{_count(x['int8'])} among {len(x['int8_over'])}" if x["int8"] else "—") + " |")
-        L.append("")
-    if w.get("any_tuned"):
-        L.append("Accuracy-aware tuning, as the paper runs it through Intel Neural Compressor: from the standard "
-                 "scheme's full quantization, other formats per op type, then single nodes kept in float, most "
-                 "sensitive first, until the relative loss is within 1% or the trial budget ends; every trial is "
-                 "scored with the model's own task metric on its *calibration* split, so the held-out split "
-                 "reported here never guided the choice. The per-model table gives how many weights stayed in "
-                 "float.\n")
-    return L
-
-
 def _against_paper(s: dict) -> List[str]:
     w = s["within"]
     pct = lambda c: 100 * c[0] / c[1] if c and c[1] else float("nan")  # noqa: E731
@@ -428,7 +303,7 @@ def _against_paper(s: dict) -> List[str]:
     L += _domain_trend(s)
     L.append("")
     for dom, (means, wins) in sorted(s["trend"].items()):
-        fp8_means = {f: v for f, v in means.items() if _is_fp8(f) and v is not None}
+        fp8_means = {f: v for f, v in means.items() if is_fp8(f) and v is not None}
         if fp8_means:
             lo = min(fp8_means, key=fp8_means.get)
             L.append(f"- {dom}: lowest mean loss {format_label(lo)} ({_pct(fp8_means[lo])}); "
@@ -447,7 +322,7 @@ def _per_model(s: dict) -> List[str]:
         f32 = s["rows"][(m, "fp32")]
         first = True
         for st in ALL_SETTINGS:
-            if not any((m, _cfg(f, st)) in s["rows"] for f in cols):
+            if not any((m, config_name(f, st)) in s["rows"] for f in cols):
                 continue
             bf_, _ = s["best"][st].get(m, (None, None))
             head = (f"| {m} | {f32.get('domain')}/{f32.get('family')} | {f32['metric']:.4f} "
@@ -455,12 +330,12 @@ def _per_model(s: dict) -> List[str]:
             first = False
             cells = []
             for f in cols:
-                r = s["rows"].get((m, _cfg(f, st)))
+                r = s["rows"].get((m, config_name(f, st)))
                 if r is None:
                     cells.append("—")  # not run (yet)
                     continue
-                v = s["loss"].get((m, _cfg(f, st)))
-                cell = ("**" + _pct(v) + "**") if _within(v) else _pct(v)
+                v = s["loss"].get((m, config_name(f, st)))
+                cell = ("**" + _pct(v) + "**") if is_within(v) else _pct(v)
                 t = r.get("tune")
                 if t and t.get("weights_fp8_untuned") is not None:
                     kept = t["weights_fp8_untuned"] - t["weights_fp8"]
@@ -473,22 +348,13 @@ def _per_model(s: dict) -> List[str]:
 
 def render_markdown(s: dict) -> str:
     n = len(s["models"])
-    w = s["within"]
     L = []
     L.append("# Coverage study: FP8 formats on the zoo, beside onnxruntime's FP8 quantizer\n")
     L.append(f"{n} models evaluated" + (f", {len(s['skipped'])} skipped" if s["skipped"] else "")
              + ". A model counts as *within 1%* when its task metric's relative loss against FP32, "
                "`(m_fp32 - m_q) / m_fp32`, is at most 1% (the paper's criterion); a failed job counts as not within.\n")
     L += _notes(s)
-    L += _headline(s)
-    L.append("onnxruntime's `quantize_static` (FP8 E4M3 weights and activations, QDQ, "
-             "`CalibrationMethod.Distribution`, the only method it accepts for FP8):\n")
-    L.append("| peer | default onnxruntime session | FP8-unsafe rewrites disabled |")
-    L.append("|---|---|---|")
-    for cfg, label in (("peer", "defaults (as documented)"), ("peer-sym", "`ActivationSymmetric=True`")):
-        p = s["peers"][cfg] or {"default": None, "safe": None}
-        L.append(f"| {label} | {_count(p['default'])} | {_count(p['safe'])} |")
-    L.append("")
+    L += _sibling("coverage_tables").headline(s)
     L += _against_paper(s)
     L += _per_model(s)
     for m, why in s["skipped"].items():
@@ -511,7 +377,7 @@ def render_markdown(s: dict) -> str:
             else:
                 cells.append(f"{_pct(s['loss'].get((m, cfg)))} / {_pct(s['loss_safe'].get((m, cfg)))}")
         L.append(f"| {m} | " + " | ".join(cells) + " |")
-    L += _plots().cost_section(s)
+    L += _sibling("coverage_plots").cost_section(s)
     failures = [r for r in s["rows"].values() if str(r.get("status", "")).startswith("failed")]
     if failures:
         L.append("## Failed jobs\n")
@@ -531,5 +397,5 @@ def write_report(rows: List[dict], out: Path) -> str:
     text = render_markdown(s)
     (out / "coverage.md").write_text(text + "\n", encoding="utf-8")
     if s["models"]:
-        _plots().write_plots(s, out)
+        _sibling("coverage_plots").write_plots(s, out)
     return text
