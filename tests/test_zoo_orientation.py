@@ -13,7 +13,6 @@ from conftest import must_run
 from fp8onnx import zoo
 from fp8onnx.zoo import orientation
 from fp8onnx.zoo.fp8eval import fp8_vs_fp32
-from fp8onnx.zoo.ocr import render_page
 from fp8onnx.zoo.photos import skimage_photo
 
 
