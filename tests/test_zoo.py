@@ -439,6 +439,25 @@ def test_cli_fp8_compiles_and_compares_bundled_model(capsys):
     assert "relative loss" in capsys.readouterr().out
 
 
+def test_cli_fp8_passes_compiler_options(monkeypatch, capsys):
+    from fp8onnx.zoo import __main__ as cli
+    from fp8onnx.zoo import fp8eval
+
+    seen = {}
+    real = fp8eval.fp8_vs_fp32
+
+    def spy(entry, **kw):
+        seen.update(kw)
+        return real(entry, **kw)
+
+    monkeypatch.setattr(fp8eval, "fp8_vs_fp32", spy)
+    assert cli.main(["digits_cnn", "--fp8", "--format", "e3m4", "--keep-first", "--bn-calib",
+                     "--weight-calib", "mse", "--calib-n", "16"]) == 0
+    assert {k: seen[k] for k in ("format", "keep_first", "bn_calib", "weight_calib_method", "calib_n")} == \
+        {"format": "e3m4", "keep_first": True, "bn_calib": True, "weight_calib_method": "mse", "calib_n": 16}
+    assert "relative loss" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("module", ["fp8onnx.zoo", "fp8onnx.zoo.digits", "fp8onnx.zoo.ocr",
                                     "fp8onnx.zoo.fp8eval"])
 def test_docstring_examples_run(module):
