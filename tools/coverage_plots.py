@@ -13,26 +13,18 @@ presents costs and figures.
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 __all__ = ["cost_section", "cost_table", "write_plots", "fig4_loss_per_model", "fig5_loss_vs_size"]
 
-_TOOLS = Path(__file__).resolve().parent
+#: tools/coverage_report.py, set by its ``_sibling`` loader, the only way this module is
+#: loaded (the two call each other).
+report = None
 
 
 def _report():
-    """tools/coverage_report.py, loaded by file path under the name the other tools use
-    (it loads this module lazily, so neither import waits on the other)."""
-    import importlib.util
-
-    key = "fp8onnx_tools_coverage_report"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, _TOOLS / "coverage_report.py")
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return report
 
 
 def _done(r: Optional[dict]) -> bool:

@@ -69,6 +69,9 @@ def _sibling(name: str):
         spec = importlib.util.spec_from_file_location(key, _TOOLS / f"{name}.py")
         sys.modules[key] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        # The sibling calls back into this module: hand it this very module, however it was
+        # loaded, rather than have each sibling load (maybe a second copy of) it by path.
+        module.report = sys.modules[__name__]
     return sys.modules[key]
 
 
