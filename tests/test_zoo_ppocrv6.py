@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import must_run
+from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo.ocr import LINE_WIDTH, render_line
@@ -18,14 +18,7 @@ from fp8onnx.zoo.ppocrv6 import PpOcrV6RecEntry, ppocrv6_entries, preprocess
 
 @pytest.fixture(scope="module")
 def ocr():
-    entry = PpOcrV6RecEntry()  # constructed directly: the registry may not list it yet
-    try:
-        entry.check_available()
-    except zoo.ZooSkip as e:
-        if must_run(entry, e):   # rapidocr is in the dev extra: fail where it is installed
-            pytest.fail(f"ppocrv6_rec needs only test-extra packages but is unavailable: {e}")
-        pytest.skip(str(e))
-    return entry
+    return entry_or_skip("ppocrv6_rec")   # rapidocr is in the dev extra: fails where missing
 
 
 @pytest.fixture(scope="module")
