@@ -143,7 +143,11 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode)
         work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
         bn_corrections = {"seconds": round(bn.seconds, 3), "passes": bn.passes_run, "layers": bn.corrections,
-                          "skipped": [list(x) for x in bn.skipped]}
+                          "skipped": [list(x) for x in bn.skipped],
+                          # what the staged run held between layers: in memory, and beyond
+                          # its budget in a temporary directory (deleted when it ends)
+                          "store_peak_mb": round(bn.store_peak / 2**20, 1),
+                          "spill_peak_mb": round(bn.spill_peak / 2**20, 1)}
         plan = plan_quantization(work, recipe)  # the pass edited weights and nodes: plan afresh
     if tensors and not recipe.dynamic:
         tc = time.perf_counter()

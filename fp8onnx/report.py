@@ -70,7 +70,9 @@ def summary_text(report: dict, output_path: str = None, output_bytes: int = None
     bn = report.get("bn_calibration")
     if bn is not None:
         lines.append(f"BatchNorm calibration corrected {len(bn['layers'])} layers in {bn['seconds']:.1f} s "
-                     f"({bn['passes']} passes over the data)")
+                     f"({bn['passes']} passes over the data"
+                     + (f"; {bn['spill_peak_mb']:.0f} MB held on disk at most" if bn.get("spill_peak_mb") else "")
+                     + ")")
     size = f"weights {_mb(s['input_tensor_bytes'])} -> {_mb(s['output_tensor_bytes'])}"
     if output_bytes is not None:
         size += f", file {_mb(output_bytes)}"

@@ -83,6 +83,7 @@ class StagedMeasure:
         self.ranks: Dict[str, int] = {}
         self.peak_store = 0
         self.spilled = 0
+        self.peak_disk = 0
 
     # -- stage models -------------------------------------------------------------------
     def _model(self, stage, overrides: Dict[str, np.ndarray], affine: Dict[str, tuple]):
@@ -167,7 +168,7 @@ class StagedMeasure:
                     affine[t.out] = (t.a, t.b - t.a.astype(np.float64) * t.b0, self.ranks[t.out])
                 if bar is not None:
                     bar.update(1)
-            self.peak_store, self.spilled = store.peak, store.spilled
+            self.peak_store, self.spilled, self.peak_disk = store.peak, store.spilled, store.peak_disk
         if bar is not None:
             bar.close()
 

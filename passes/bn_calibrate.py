@@ -137,6 +137,7 @@ class BatchNormCalibration(Pass):
         self.passes_run = 0
         self.seconds = 0.0
         self.store_peak = 0
+        self.spill_peak = 0
 
     def requires(self, model):
         for d in self.plan.units:
@@ -151,7 +152,7 @@ class BatchNormCalibration(Pass):
     # -- the pass ---------------------------------------------------------------------
     def call(self, model):
         t0 = time.perf_counter()
-        self.corrections, self.passes_run, self.store_peak = [], 0, 0
+        self.corrections, self.passes_run, self.store_peak, self.spill_peak = [], 0, 0, 0
         targets, self.skipped = find_targets(model, self.plan, bn_mode=self.bn_mode)
         if not targets:
             self.seconds = time.perf_counter() - t0
@@ -191,7 +192,7 @@ class BatchNormCalibration(Pass):
                                 progress=self.progress)
         measure.run(src, on_layer)
         self.passes_run = 1
-        self.store_peak = measure.peak_store
+        self.store_peak, self.spill_peak = measure.peak_store, measure.peak_disk
 
     def _joint(self, model, src, targets: List[Target]) -> None:
         """``iterations`` passes measuring every layer at once (shallow models only)."""

@@ -97,10 +97,11 @@ def test_cut_store_returns_what_was_put_in_memory_or_on_disk(budget):
         spilled_dir = store._dir
         if budget == 0:
             assert store.spilled == 6 and len(os.listdir(spilled_dir)) == 6
+            assert store.on_disk == store.peak_disk == 6 * 480
         elif budget > 1 << 20:
-            assert store.spilled == 0 and spilled_dir is None
+            assert store.spilled == 0 and spilled_dir is None and store.peak_disk == 0
         else:
-            assert 0 < store.spilled < 6
+            assert 0 < store.spilled < 6 and store.peak_disk == store.spilled * 480
         for (k, i), v in arrays.items():
             np.testing.assert_array_equal(store.get(k, i), v)
         store.drop("a", 0)
@@ -108,6 +109,7 @@ def test_cut_store_returns_what_was_put_in_memory_or_on_disk(budget):
             store.get("a", 0)
         if budget == 0:
             assert len(os.listdir(spilled_dir)) == 5
+            assert store.on_disk == 5 * 480 and store.peak_disk == 6 * 480
     assert spilled_dir is None or not os.path.exists(spilled_dir)
 
 

@@ -137,8 +137,11 @@ class CutStore:
         self.in_memory = 0
         self.peak = 0
         self.spilled = 0
+        # Array bytes on disk now and at most, so a report can say what the spill cost.
+        self.on_disk = 0
+        self.peak_disk = 0
         self._mem: Dict[tuple, np.ndarray] = {}
-        self._disk: Dict[tuple, str] = {}
+        self._disk: Dict[tuple, tuple] = {}
         self._dir: Optional[str] = None
 
     def put(self, key, feed: int, value: np.ndarray) -> None:
@@ -154,14 +157,16 @@ class CutStore:
             log.info("cut store: over %d MB in memory, writing to %s", self.budget >> 20, self._dir)
         path = os.path.join(self._dir, f"{self.spilled}.npy")  # spilled only grows: a fresh name
         np.save(path, value, allow_pickle=False)
-        self._disk[k] = path
+        self._disk[k] = (path, value.nbytes)
         self.spilled += 1
+        self.on_disk += value.nbytes
+        self.peak_disk = max(self.peak_disk, self.on_disk)
 
     def get(self, key, feed: int) -> np.ndarray:
         k = (key, feed)
         if k in self._mem:
             return self._mem[k]
-        return np.load(self._disk[k], allow_pickle=False)
+        return np.load(self._disk[k][0], allow_pickle=False)
 
     def drop(self, key, feed: int) -> None:
         """Forget one feed's array of ``key`` (its memory or its file)."""
@@ -171,14 +176,15 @@ class CutStore:
         v = self._mem.pop(k, None)
         if v is not None:
             self.in_memory -= v.nbytes
-        path = self._disk.pop(k, None)
-        if path is not None:
-            os.unlink(path)
+        spilled = self._disk.pop(k, None)
+        if spilled is not None:
+            os.unlink(spilled[0])
+            self.on_disk -= spilled[1]
 
     def close(self) -> None:
         self._mem.clear()
         self._disk.clear()
-        self.in_memory = 0
+        self.in_memory = self.on_disk = 0
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -420,6 +420,8 @@ def test_staged_run_is_exact_on_branches_and_skips_in_memory_or_on_disk():
         p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e4m3")), calib, progress=False,
                                  store_budget=budget)
         assert p(work).modified and p.passes_run == 1
+        # What the run held between layers is accounted where it went: disk or memory.
+        assert (p.spill_peak > 0 and p.store_peak == 0) if budget == 0 else (p.spill_peak == 0 < p.store_peak)
         results[budget] = work
     assert results[0].SerializeToString() == results[1 << 30].SerializeToString()
     work = results[0]
