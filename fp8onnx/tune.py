@@ -3,6 +3,11 @@
 As Intel Neural Compressor does for the paper: quantize everything with the base recipe;
 while the relative loss misses ``target_loss``, try, in this order,
 
+0. *whole-model recipes* (:data:`RECIPE_CANDIDATES`): the recipes that kept the most zoo
+   models within 1% in the coverage study, each as a whole; the best that lowers the loss
+   becomes the recipe the later stages refine (a model often needs another recipe, not
+   fallbacks: YOLOv8n's loss comes from its first Conv, PP-OCR det's from E3M4
+   activations);
 1. *formats per op type*: each quantized op type in E4M3, E3M4 and E5M2 (weights and
    activations alike); the best format of each op type is kept if it lowers the loss;
 2. *op types in float*: each quantized op type kept float on its own; taken only if
@@ -47,12 +52,21 @@ import onnx
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
 from .errors import UserError
 
-__all__ = ["tune", "TuneResult", "Trial", "STAGES", "TUNE_FORMATS", "main", "build_parser"]
+__all__ = ["tune", "TuneResult", "Trial", "STAGES", "TUNE_FORMATS", "RECIPE_CANDIDATES", "main", "build_parser"]
 
 log = logging.getLogger(__name__)
 
 #: The search stages, in the order they run.
-STAGES = ("format", "op_type", "node")
+STAGES = ("recipe", "format", "op_type", "node")
+#: What the "recipe" stage tries, in this order, each merged over the base recipe: the three
+#: fixed recipes that kept the most of the 15 zoo models within 1% (12 each; E4M3, the
+#: default, 11), docs/coverage/coverage.md. Cheapest first: the search stops at the first
+#: one that meets the target, and BatchNorm calibration costs a pass of its own over the data.
+RECIPE_CANDIDATES = (
+    {"weight_format": "e3m4", "activation_format": "e4m3"},
+    {"weight_format": "e3m4", "activation_format": "e3m4", "weight_calib_method": "mse", "keep_first": True},
+    {"weight_format": "e3m4", "activation_format": "e3m4", "weight_calib_method": "mse", "bn_calib": True},
+)
 #: Formats stage 1 tries per op type, in this order.
 TUNE_FORMATS = ("e4m3", "e3m4", "e5m2")
 
@@ -62,7 +76,7 @@ class Trial:
     """One compiled and evaluated candidate."""
 
     index: int
-    stage: str                # "base", "format", "op type float", "node float"
+    stage: str                # "base", "recipe", "format", "op type float", "node float"
     delta: dict               # what changed against the base recipe, e.g. {"op_types": {"Conv": "e3m4"}}
     metric: float
     loss: float
@@ -136,8 +150,11 @@ class _Tuner:
 
         t0 = time.perf_counter()
         recipe = _merge(self.base, delta)
+        # BatchNorm calibration changes the float model the statistics belong to (the cache
+        # would refuse it), and each such trial changes it differently: collect afresh.
+        cache = None if recipe.get("bn_calib") else self.cache
         res = compile_model(self.model, recipe=recipe, calibration=self.calibration, samples=self.calib_samples,
-                            calib_cache=self.cache, **self.options)
+                            calib_cache=cache, **self.options)
         ev = None
         if self.score is None or per_layer:  # with a score function, eval_data serves only the per-layer order
             ev = evaluate(self.model, res.model, self.eval_data, samples=self.eval_samples, metric=self.metric,
@@ -175,6 +192,23 @@ class _Tuner:
         current = trial.loss
         if trial.met_target:
             return delta, trial
+        # Stage 0: whole-model recipes; the best that lowers the loss is refined below.
+        if "recipe" in self.stages:
+            best = None
+            for cand in RECIPE_CANDIDATES:
+                if not self.budget_left():
+                    break
+                if all(self.base.get(k) == v for k, v in cand.items()):
+                    continue  # the base trial already was this recipe
+                t, _, _ = self.run_trial("recipe", dict(cand))
+                if t.loss < current and (best is None or t.loss < best.loss):
+                    best = t
+                if t.met_target:
+                    break
+            if best is not None:
+                best.kept, current, delta = True, best.loss, best.delta
+                if best.met_target:
+                    return delta, best
         op_counts = Counter(u.op_type for u in res.plan.units if u.status != "float")
         ops = [op for op, _ in op_counts.most_common()]
         # Stage 1: formats per op type.
@@ -254,8 +288,8 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
     per-layer sensitivity of the first trial. ``eval_data``: any form evaluate accepts, read
     once per trial (a one-shot iterator is read into a list).
     ``base_recipe`` and ``compile_options`` are what every trial starts from.
-    ``stages``: which of ``"format"``, ``"op_type"``, ``"node"`` to try (e.g. only
-    ``("node",)`` for hardware with one FP8 format). ``sensitivity``: the node order,
+    ``stages``: which of ``"recipe"``, ``"format"``, ``"op_type"``, ``"node"`` to try (e.g.
+    only ``("node",)`` for hardware with one FP8 format: the first two change formats). ``sensitivity``: the node order,
     ``"local"`` or ``"accumulated"`` SQNR (see :func:`_sensitive_anchors`).
     """
     from .api import make_recipe
@@ -325,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, help="use at most N evaluation samples")
     p.add_argument("--batch-size", type=int, default=1, help="samples per run for .npz data (default 1)")
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
-                   help="search stages to run, in order: other formats per op type, op types in float, "
-                        "single nodes in float (default: all)")
+                   help="search stages to run, in order: whole-model recipes (other formats, MSE weight "
+                        "scales, first layer float, BatchNorm calibration), other formats per op type, op "
+                        "types in float, single nodes in float (default: all; 'node' alone keeps --format)")
     p.add_argument("--sensitivity", choices=["local", "accumulated"], default="local",
                    help="node order of the last stage: worst local SQNR (own Q/DQ error) or worst SQNR "
                         "against the float model first (default local)")

@@ -9,7 +9,7 @@ import pytest
 
 import fp8onnx.calibration.collect as collect
 from fp8onnx.evaluation import PerSample, session_for
-from fp8onnx.tune import main, tune
+from fp8onnx.tune import RECIPE_CANDIDATES, main, tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN = os.path.join(ROOT, "models", "digits_cnn.onnx")
@@ -106,7 +106,8 @@ def test_tune_cli_report_and_errors(tmp_path, capsys):
     report = json.loads(open(rep).read())
     assert report["trials"][0]["stage"] == "base" and len(report["trials"]) <= 8
     assert {"delta", "metric", "loss", "seconds", "kept"} <= set(report["trials"][0])
-    assert report["recipe"]["weight_format"] == "e5m2"
+    chosen = next(t for t in reversed(report["trials"]) if t["kept"])
+    assert report["recipe"]["weight_format"] == chosen["delta"].get("weight_format", "e5m2")
     assert onnx.load(out).graph.node
     assert "trials in" in capsys.readouterr().out
     bad = str(tmp_path / "b.onnx")
@@ -149,3 +150,41 @@ def test_node_stage_goes_by_sensitivity_and_keeps_only_what_helps(sensitivity):
     for t in r.history[1:]:
         assert t.kept == (t.loss < best)
         best = min(best, t.loss) if t.kept else best
+
+
+def test_recipe_stage_tries_whole_recipes_and_keeps_the_best(count_collections):
+    """Stage 0 tries each candidate recipe as a whole, in order, until one meets the target;
+    the chosen model is the candidate's own compile (scored independently here), and only a
+    BatchNorm-calibrated trial collects statistics again (its float model differs)."""
+    from fp8onnx.api import compile_model
+
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY, base_recipe={"format": "e5m2"},
+             batch_size=50, max_trials=4, stages=("recipe",))
+    tuner_collections = len(count_collections)
+    assert [t.stage for t in r.history] == ["base"] + ["recipe"] * len(RECIPE_CANDIDATES)
+    assert [t.delta for t in r.history[1:]] == [dict(c) for c in RECIPE_CANDIDATES]
+    fp32 = accuracy(onnx.load(CNN))
+    for t, cand in zip(r.history[1:], RECIPE_CANDIDATES):
+        direct = accuracy(compile_model(CNN, calibration=CALIB, recipe={"format": "e5m2", **cand}).model)
+        assert t.loss == pytest.approx((fp32 - direct) / fp32)
+    best = min(r.history, key=lambda t: (t.loss, t.index))
+    kept = [t for t in r.history[1:] if t.kept]
+    if best.index == 0:
+        assert not kept and r.recipe.weight_format == "e5m2"
+    else:
+        assert kept == [best] and r.loss == best.loss
+        assert {k: getattr(r.recipe, k) for k in best.delta} == best.delta
+    assert (fp32 - accuracy(r.model)) / fp32 == pytest.approx(r.loss)
+    bn_trials = sum(bool(t.delta.get("bn_calib")) for t in r.history)
+    assert tuner_collections == 1 + bn_trials
+
+
+def test_recipe_stage_skips_the_base_and_stops_at_the_target():
+    first = dict(RECIPE_CANDIDATES[0])
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.05, metric=ACCURACY, base_recipe={"format": "e5m2"},
+             batch_size=50, stages=("recipe",))
+    assert len(r.history) == 1  # the base already met a loose target: nothing else is tried
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY, base_recipe=first, batch_size=50,
+             max_trials=4, stages=("recipe",))
+    assert first not in [t.delta for t in r.history[1:]]
+    assert len(r.history) == len(RECIPE_CANDIDATES)
