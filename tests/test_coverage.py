@@ -223,7 +223,7 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + 3 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + 3 + 1 + 2 and names[0] == "fp32"
     assert cov.config_spec("e3m4-std-wmse-kf") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                    "bn_calib": False, "weight_calib_method": "mse",
                                                    "keep_first": True}
@@ -244,6 +244,9 @@ def test_config_names_round_trip():
     assert cov.config_spec("e3m4-ext-bn") == {"kind": "ours", "format": "e3m4", "scheme": "extended",
                                               "bn_calib": True}
     assert cov.config_spec("int8-std-tuned")["kind"] == "tuned"
+    assert "stages" not in cov.config_spec("e4m3-std-tuned")  # the worker's INC-style stages
+    assert cov.config_spec("e4m3-std-tuned-recipes")["stages"] == ["recipe", "format", "node"]
+    assert report.split_config("e4m3-std-tuned-recipes") == ("e4m3", ("e4m3", "e4m3"), report.TUNED_RECIPES)
     assert {cov.config_spec(n)["kind"] for n in names} == {"fp32", "ours", "tuned", "peer"}
     with pytest.raises(ValueError, match="unknown configuration"):
         cov.config_spec("e4m3-wide")

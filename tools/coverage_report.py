@@ -41,7 +41,9 @@ KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
 SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
-ALL_SETTINGS = SETTINGS + (TUNED,)
+#: fp8onnx.tune's default FP8 search: its whole-recipe stage, then the stages of TUNED.
+TUNED_RECIPES = ("std", "-tuned-recipes")
+ALL_SETTINGS = SETTINGS + (TUNED, TUNED_RECIPES)
 SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("ext", ""): "extended", ("ext", "-bn"): "extended + BN calib",
                  ("std", "-wmse"): "standard + MSE weight scales",
@@ -51,7 +53,8 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-kf"): "standard, first layer float",
                  ("std", "-wmse-kf"): "standard + MSE weight scales, first layer float",
                  ("std", "-bn-kf"): "standard + BN calib, first layer float",
-                 TUNED: "standard + accuracy-aware tuning"}
+                 TUNED: "standard + accuracy-aware tuning",
+                 TUNED_RECIPES: "standard + tuning from whole recipes"}
 _SUFFIXES = {f"{sch}{bn}": (sch, bn) for sch, bn in ALL_SETTINGS}
 #: The library's default recipe (``fp8onnx.compile`` without options): the a priori choice.
 DEFAULT = ("e4m3", ("std", ""))

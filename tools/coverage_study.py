@@ -60,6 +60,9 @@ FORMATS = ("e5m2", "e4m3", "e3m4", "int8")
 #: Formats the accuracy-aware tuning setting runs from (E5M2 is nobody's inference format).
 TUNED_FORMATS = ("e4m3", "e3m4", "int8")
 TUNE_TRIALS = 100  # Intel Neural Compressor's default max_trials
+#: ``-tuned-recipes``: fp8onnx.tune as it runs by default for FP8, its whole-recipe stage first
+#: (the base format hardly matters then: the candidates set their own formats).
+RECIPE_TUNED_FORMATS = ("e4m3",)
 #: Mixed FP8 formats, (weights, activations): the paper's "mixed FP8 formats"; E3M4 weights
 #: with E4M3 activations is the PP-OCR detector's best configuration (tools/bench_ocr_calib.py).
 MIXED = (("e3m4", "e4m3"), ("e4m3", "e3m4"))
@@ -111,18 +114,20 @@ def config_names(with_peer: bool = True) -> List[str]:
     names += [f"{format_token(w, a)}-std{'-bn' if bn else ''}-wmse" for w, a, bn in WMSE]
     names += [f"{format_token(w, a)}-std{suffix}-kf" for w, a, suffix in KF]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
+    names += [f"{fmt}-std-tuned-recipes" for fmt in RECIPE_TUNED_FORMATS]
     return names + (list(PEERS) if with_peer else [])
 
 
 #: The suffixes after FORMAT-SCHEME that config_spec accepts, in this order only.
 _SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("kf",), ("bn", "kf"), ("wmse", "kf"),
-             ("bn", "wmse", "kf"), ("tuned",))
+             ("bn", "wmse", "kf"), ("tuned",), ("tuned", "recipes"))
 
 
 def config_spec(config: str) -> dict:
     """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn][-wmse][-kf]``
     (``-wmse``: least-error weight scales; ``-kf``: first weighted layer in float) or
-    ``FORMAT-SCHEME-tuned``, fp32 and the peers."""
+    ``FORMAT-SCHEME-tuned[-recipes]`` (``-recipes``: fp8onnx.tune's whole-recipe stage first),
+    fp32 and the peers."""
     if config == "fp32":
         return {"kind": "fp32"}
     if config in PEERS:
@@ -132,16 +137,19 @@ def config_spec(config: str) -> dict:
     flags = tuple(parts[2:])
     if scheme is None or flags not in _SUFFIXES:
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn][-wmse][-kf] or FORMAT-std|ext-tuned (FORMAT: e4m3, or "
+                         "FORMAT-std|ext[-bn][-wmse][-kf] or FORMAT-std|ext-tuned[-recipes] (FORMAT: e4m3, or "
                          "e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales)")
     w, a = parse_format(parts[0])
     fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
-    if flags == ("tuned",):
+    if flags[:1] == ("tuned",):
         if w != a:
             raise ValueError(f"configuration {config!r}: tuning starts from one format (it tries "
                              "mixed formats per op type itself)")
-        return {"kind": "tuned", **fmt, "scheme": scheme, "bn_calib": False,
+        spec = {"kind": "tuned", **fmt, "scheme": scheme, "bn_calib": False,
                 "max_trials": TUNE_TRIALS, "target_loss": 0.01}
+        if "recipes" in flags:  # absent = the INC-style stages, so older specs read the same
+            spec["stages"] = ["recipe", "format", "node"]
+        return spec
     spec = {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": "bn" in flags}
     if "wmse" in flags:  # absent = the compiler's default (max), so older specs read the same
         spec["weight_calib_method"] = "mse"

@@ -246,13 +246,16 @@ def _tune_ours(entry, calib, spec, n):
              max_trials=spec.get("max_trials", 24),
              # INT8 falls back to float only, as INT8 tuning does; FP8 may also mix FP8 formats
              # per op type (the paper's mixed formats).
-             stages=("node",) if spec["format"] == "int8" else ("format", "node"),
+             stages=("node",) if spec["format"] == "int8" else tuple(spec.get("stages", ("format", "node"))),
              base_recipe={"format": spec["format"], "scheme": spec["scheme"]}, emit="emulate",
              **entry.compile_options)
     base = plan_quantization(_specialized(entry), make_recipe(format=spec["format"], scheme=spec["scheme"]))
     n_weights = sum(1 for t in tensor_map(r.model).values() if t.get("kind") == "weight")
     return r.model, {"trials": len(r.history), "met_on_calib": r.met_target, "calib_loss": r.loss,
                      "op_types": r.recipe.op_types, "nodes_float": sorted(r.recipe.nodes),
+                     # what the whole-recipe stage chose (the base's values where it kept the base)
+                     "recipe": {k: getattr(r.recipe, k) for k in ("weight_format", "activation_format",
+                                                                  "weight_calib_method", "keep_first", "bn_calib")},
                      "weights_fp8": n_weights, "weights_fp8_untuned": len({u.tensor for d in base.units
                                                                           for u in d.weight_uses}),
                      "tune_s": r.seconds}
