@@ -200,6 +200,33 @@ def test_ppocr_rec_reads_rendered_prose(zoo_entry):
     assert bad < 0.5
 
 
+def test_ppocr_rec_feeds_equal_rapidocr_onnxruntime_preprocessing(zoo_entry):
+    """Bit-exact against rapidocr-onnxruntime's own TextRecognizer.resize_norm_img for a batch
+    of one line (max_wh_ratio as its __call__ sets it): narrow lines padded to 320 columns,
+    wide ones at the floored width."""
+    e = zoo_entry("ppocr_rec")
+    from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
+
+    class _Shape:  # resize_norm_img reads only rec_image_shape from its instance
+        rec_image_shape = [3, 48, 320]
+
+    texts = prose.lines("calib", 12, ocr.LINE_WIDTH)
+    narrow = [t.split()[0] for t in texts[:3]]  # single words: shorter than 320 columns
+    inp, _ = e.io_names()
+    kinds = set()
+    for text, feed in zip(texts, e.calib_feeds(len(texts))):
+        img = ocr.render_line(text)
+        ref = TextRecognizer.resize_norm_img(_Shape(), img, max(320 / 48, img.shape[1] / float(img.shape[0])))
+        np.testing.assert_array_equal(feed[inp][0], ref)
+        kinds.add(ref.shape[2] > 320)
+    for word in narrow:
+        img = ocr.render_line(word)
+        ref = TextRecognizer.resize_norm_img(_Shape(), img, max(320 / 48, img.shape[1] / float(img.shape[0])))
+        np.testing.assert_array_equal(ocr.rec_input(img)[0], ref)
+        kinds.add(ref.shape[2] > 320)
+    assert kinds == {True, False}
+
+
 def test_ppocr_cls_agreement(zoo_entry):
     e = zoo_entry("ppocr_cls")
     assert e.evaluate(n=16) == 1.0

@@ -173,7 +173,7 @@ class PageOcr:
         ``boxes`` (optional) replaces the detector's boxes, e.g. FP32's boxes moved a pixel, to
         measure what the recogniser alone makes of a change of crop geometry.
         """
-        from fp8onnx.zoo.ocr import _crop, _normalize
+        from fp8onnx.zoo.ocr import _crop, rec_input
 
         if boxes is None:
             boxes = self.boxes(det_session, page)
@@ -187,7 +187,7 @@ class PageOcr:
             ck = (key, b.tobytes())
             if ck not in self._cache:
                 self._cache[ck] = self._rec.recognize(
-                    self._rec_session, {self._rec_in: _normalize(_crop(page.image, b), 48, 320)}).strip()
+                    self._rec_session, {self._rec_in: rec_input(_crop(page.image, b))}).strip()
             text = self._cache[ck]
             texts.append(text)
             rects.append((*b.min(axis=0).tolist(), *b.max(axis=0).tolist()))

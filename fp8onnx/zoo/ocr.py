@@ -107,6 +107,18 @@ def _normalize(img: np.ndarray, height: int, min_width: int, max_width: int = 0)
     return out[None]
 
 
+def rec_input(img: np.ndarray, height: int = 48, min_width: int = 320) -> np.ndarray:
+    """One RGB uint8 line crop -> float32 [1, 3, height, W], as rapidocr's recogniser prepares
+    a batch of one (``TextRecognizer.resize_norm_img``, the same in rapidocr-onnxruntime and
+    rapidocr 3): keep the aspect ratio, [-1, 1], right-padded with zeros to
+    ``int(height * max(min_width / height, w / h))`` columns and the resized line clipped to
+    that, so a line wider than ``min_width`` gets the floored width, not the ceiling."""
+    h, w = img.shape[:2]
+    # Same float expression as rapidocr, so the floor lands on the same integer.
+    width = int(height * max(min_width / height, w * 1.0 / h))
+    return _normalize(img, height, width, max_width=width)
+
+
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance (insert, delete, substitute all cost 1)."""
     prev = list(range(len(b) + 1))
@@ -163,7 +175,7 @@ class OcrRecEntry(_Ocr):
     def _feeds(self, split: str, n: int) -> Iterator[Feeds]:
         inp, _ = self.io_names()
         for text in prose.lines(split, n, LINE_WIDTH):
-            yield {inp: _normalize(render_line(text), 48, 320)}
+            yield {inp: rec_input(render_line(text))}
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
         """One rendered line per feed (1 x 3 x 48 x W, W >= 320), calibration paragraphs."""
@@ -270,7 +282,7 @@ class OcrDetEntry(_Ocr):
             prob = session.run([out], feeds)[0]
             boxes, _ = post(prob, page.shape[:2])
             boxes = sorted((b.astype(np.float32) for b in boxes), key=lambda b: (b[:, 1].min(), b[:, 0].min()))
-            lines = [rec.recognize(rec_sess, {rec_in: _normalize(_crop(page, b), 48, 320)})
+            lines = [rec.recognize(rec_sess, {rec_in: rec_input(_crop(page, b))})
                      for b in boxes]
             texts.append("\n".join(lines))
         return texts

@@ -12,12 +12,9 @@ Everything but the model file follows the ``ppocr_rec`` entry (``ocr.py``): the 
 rendered lines of CPython's documentation prose, the same calibration/evaluation
 paragraphs, the same metric (character accuracy against the rendered string) and the
 same CTC greedy decoder, which equals rapidocr 3.10's (argmax, merge repeats, drop the
-blank). Only the resize width differs from ``ocr._normalize``'s: rapidocr 3.10's
-``TextRecognizer.resize_norm_img`` pads to ``int(48 * max(320 / 48, w / h))`` columns
-and clips the resized line to it, so a line wider than 320 columns gets the floored
-width (one column less than ``_normalize``'s ceiling); ``_feeds`` passes that width as
-``max_width``. A test checks our feeds equal ``resize_norm_img``'s and our text equals
-``TextRecognizer``'s.
+blank), and the same input rule (``ocr.rec_input``: rapidocr's ``resize_norm_img`` for a
+batch of one, the floored width for lines wider than 320 columns). A test checks our feeds
+equal ``resize_norm_img``'s and our text equals ``TextRecognizer``'s.
 
 Example::
 
@@ -34,7 +31,7 @@ import onnx
 
 from . import prose
 from .base import Feeds, package_file
-from .ocr import LINE_WIDTH, OcrRecEntry, _normalize, render_line
+from .ocr import LINE_WIDTH, OcrRecEntry, rec_input, render_line
 
 __all__ = ["PpOcrV6RecEntry", "preprocess", "ppocrv6_entries"]
 
@@ -48,12 +45,8 @@ MIN_WIDTH = 320          # rapidocr's default rec_img_shape (3, 48, 320)
 
 def preprocess(img: np.ndarray) -> np.ndarray:
     """One RGB uint8 line crop -> float32 [1, 3, 48, W], as rapidocr 3.10 prepares a batch
-    of one: height 48 keeping the aspect ratio, [-1, 1], right-padded with zeros to
-    ``int(48 * max(320 / 48, w / h))`` columns (the resized line is clipped to that)."""
-    h, w = img.shape[:2]
-    # Same float expression as rapidocr, so the floor lands on the same integer.
-    width = int(HEIGHT * max(MIN_WIDTH / HEIGHT, w * 1.0 / h))
-    return _normalize(img, HEIGHT, width, max_width=width)
+    of one (:func:`fp8onnx.zoo.ocr.rec_input`: its rule is rapidocr-onnxruntime's too)."""
+    return rec_input(img, HEIGHT, MIN_WIDTH)
 
 
 class PpOcrV6RecEntry(OcrRecEntry):
