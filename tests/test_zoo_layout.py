@@ -60,6 +60,9 @@ def test_preprocess_equals_the_package(entry):
     ours = next(entry.eval_feeds(1))["image"]
     assert ours.shape == (1, 3, 800, 608) and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, theirs)
+    # every uint8 value in every channel (our lookup table against its float64 arithmetic)
+    noise = np.random.default_rng(0).integers(0, 256, (900, 700, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(layout.preprocess(noise), PPPreProcess(img_size=layout.INPUT_HW)(noise))
 
 
 def test_detections_equal_rapid_layout_itself(entry, fp32):
@@ -145,12 +148,15 @@ def test_e4m3_model_keeps_the_boxes(entry, fp32):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,max_loss", [("e4m3", 0.02), ("e3m4", 0.02)])
+@pytest.mark.parametrize("fmt,max_loss", [("e4m3", 0.01), ("e3m4", 0.03)])
 def test_fp8_relative_loss_on_the_full_eval_split(entry, fmt, max_loss):
+    """64 eval pages, 32 calibration pages. Measured: relative loss 0.0009 (E4M3) and
+    0.012 (E3M4); plain box F1 at 0.5 0.974 and 0.962."""
     from fp8onnx.zoo.fp8eval import fp8_vs_fp32
 
     r = fp8_vs_fp32(entry, calib_n=32, format=fmt)
-    assert r["fp32"] == 1.0 and 0 <= r["relative_loss"] <= max_loss
+    assert r["fp32"] == 1.0 and 0 < r["relative_loss"] <= max_loss
+    assert 0.9 <= r["details"]["box_f1"] < 1.0 and r["details"]["boxes"] >= 500
 
 
 @pytest.mark.parametrize("module,package", [("rapid_layout", "rapid-layout"),
