@@ -345,11 +345,24 @@ def _per_model(s: dict) -> List[str]:
                 t = r.get("tune")
                 if t and t.get("weights_fp8_untuned") is not None:
                     kept = t["weights_fp8_untuned"] - t["weights_fp8"]
-                    cell += f" ({kept}/{t['weights_fp8_untuned']} w float)" if kept else " (all FP8)"
+                    # the recipe a whole-recipe search chose: the column is only where it started
+                    chose = f"{recipe_label(t['recipe'])}; " if t.get("recipe") else ""
+                    cell += f" ({chose}{kept}/{t['weights_fp8_untuned']} w float)" if kept else f" ({chose}all FP8)"
                 cells.append(cell)
             L.append(head + f"| {SETTING_NAMES[st]} | " + " | ".join(cells)
                      + f" | {format_label(bf_) if bf_ else '—'} |")
     return L
+
+
+def recipe_label(recipe: dict) -> str:
+    """A tuned row's chosen whole recipe in the table's words: ``{"weight_format": "e3m4",
+    "activation_format": "e3m4", "weight_calib_method": "mse", "keep_first": True, ...}`` ->
+    "E3M4 + MSE weight scales, first layer float"."""
+    w, a = recipe["weight_format"], recipe["activation_format"]
+    text = format_label(w if w == a else f"{w}w.{a}a")
+    text += " + BN calib" if recipe.get("bn_calib") else ""
+    text += " + MSE weight scales" if recipe.get("weight_calib_method") == "mse" else ""
+    return text + (", first layer float" if recipe.get("keep_first") else "")
 
 
 def render_markdown(s: dict) -> str:
