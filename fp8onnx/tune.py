@@ -185,6 +185,22 @@ class _Tuner:
         self.last = res
         return trial, res, ev
 
+    def _best_alternative(self, stage: str, deltas: List[dict], current: float) -> Optional[Trial]:
+        """Try ``deltas`` in order while the budget lasts, stopping at one that meets the
+        target; the best that beats ``current`` is marked kept and returned (None if none)."""
+        best = None
+        for d in deltas:
+            if not self.budget_left():
+                break
+            t, _, _ = self.run_trial(stage, d)
+            if t.loss < current and (best is None or t.loss < best.loss):
+                best = t
+            if t.met_target:
+                break
+        if best is not None:
+            best.kept = True
+        return best
+
     def tune(self):
         delta: dict = {}
         trial, res, ev = self.run_trial("base", delta, per_layer=True)
@@ -194,19 +210,10 @@ class _Tuner:
             return delta, trial
         # Stage 0: whole-model recipes; the best that lowers the loss is refined below.
         if "recipe" in self.stages:
-            best = None
-            for cand in RECIPE_CANDIDATES:
-                if not self.budget_left():
-                    break
-                if all(self.base.get(k) == v for k, v in cand.items()):
-                    continue  # the base trial already was this recipe
-                t, _, _ = self.run_trial("recipe", dict(cand))
-                if t.loss < current and (best is None or t.loss < best.loss):
-                    best = t
-                if t.met_target:
-                    break
+            cands = [dict(c) for c in RECIPE_CANDIDATES if any(self.base.get(k) != v for k, v in c.items())]
+            best = self._best_alternative("recipe", cands, current)
             if best is not None:
-                best.kept, current, delta = True, best.loss, best.delta
+                current, delta = best.loss, best.delta
                 if best.met_target:
                     return delta, best
         op_counts = Counter(u.op_type for u in res.plan.units if u.status != "float")
@@ -215,17 +222,10 @@ class _Tuner:
         for op in (ops if "format" in self.stages else ()):
             now = _merge(self.base, delta)
             cur_fmt = now.get("op_types", {}).get(op, now.get("format", now.get("weight_format", "e4m3")))
-            best = None
-            for fmt in TUNE_FORMATS:
-                if fmt == cur_fmt or not self.budget_left():
-                    continue
-                t, _, _ = self.run_trial("format", _merge(delta, {"op_types": {op: fmt}}))
-                if t.loss < current and (best is None or t.loss < best.loss):
-                    best = t
-                if t.met_target:
-                    break
+            best = self._best_alternative("format", [_merge(delta, {"op_types": {op: fmt}})
+                                                     for fmt in TUNE_FORMATS if fmt != cur_fmt], current)
             if best is not None:
-                best.kept, current, delta = True, best.loss, best.delta
+                current, delta = best.loss, best.delta
                 if best.met_target:
                     return delta, best
         # Stage 2: one op type in float, taken only when that alone meets the target.
