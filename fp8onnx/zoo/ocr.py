@@ -243,7 +243,9 @@ class OcrDetEntry(_Ocr):
     name = "ppocr_det"
     filename = "ch_PP-OCRv4_det_infer.onnx"
     metric_name = "OCR text agreement with FP32 (det under test, FP32 rec)"
-    default_eval_n = 4
+    # 16 pages = 96 lines: with 4 (24 lines) the best FP8 recipe's loss moved from 0.89% to
+    # 1.04% when only the FP32 recogniser's resize rounding changed, across the 1% line.
+    default_eval_n = 16
 
     def _pages(self, split: str, n: int) -> List[np.ndarray]:
         text = prose.lines(split, n * PAGE_LINES, LINE_WIDTH)
