@@ -20,7 +20,7 @@ import importlib.util
 import os
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -106,6 +106,11 @@ def relative_loss(metric_fp32: float, metric_q: float) -> float:
     return (metric_fp32 - metric_q) / metric_fp32
 
 
+
+def metadata_lines(model: onnx.ModelProto, key: str = "character") -> List[str]:
+    """The lines of ``model.metadata_props[key]`` (see :meth:`ZooEntry.metadata_lines`)."""
+    return {p.key: p.value for p in model.metadata_props}[key].splitlines()
+
 class ZooEntry:
     """One real model with real data and a task metric (higher is better).
 
@@ -161,6 +166,11 @@ class ZooEntry:
         if self._model is None:
             self._model = self._load()
         return self._model
+
+    def metadata_lines(self, key: str = "character") -> List[str]:
+        """The lines of the FP32 model's ``metadata_props[key]``: where PaddlePaddle exports
+        (PP-OCR, RapidAI's models) keep their class names or character list."""
+        return metadata_lines(self._proto(), key)
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
         """Feed dicts holding up to ``n`` samples of real calibration data.

@@ -365,8 +365,7 @@ class LayoutEntry(ZooEntry):
 
     def labels(self) -> List[str]:
         """The CDLA class names in the model's ``character`` metadata, in output order."""
-        meta = {p.key: p.value for p in self._proto().metadata_props}
-        return meta["character"].splitlines()
+        return self.metadata_lines("character")
 
     def output_names(self) -> List[str]:
         """The eight outputs in the model's order: scores per stride, then distributions."""

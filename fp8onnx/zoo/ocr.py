@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, package_file, require
+from .base import Feeds, ZooEntry, metadata_lines, package_file, require
 
 __all__ = ["OcrDetEntry", "OcrRecEntry", "OcrClsEntry", "render_line", "render_page",
            "char_accuracy", "ocr_entries"]
@@ -151,9 +151,8 @@ class _RecDecoder:
     """CTC greedy decoding with the dictionary in the rec model's ``character`` metadata."""
 
     def __init__(self, model: onnx.ModelProto):
-        meta = {p.key: p.value for p in model.metadata_props}
         # Index 0 is the CTC blank; the last class is the space character (rapidocr's layout).
-        self.chars = ["<blank>"] + meta["character"].splitlines() + [" "]
+        self.chars = ["<blank>"] + metadata_lines(model, "character") + [" "]
 
     def __call__(self, probs: np.ndarray) -> str:
         idx = probs[0].argmax(axis=1)

@@ -170,8 +170,7 @@ class OrientationEntry(ZooEntry):
 
     def labels(self) -> List[str]:
         """The class names in the model's ``character`` metadata, in output order."""
-        meta = {p.key: p.value for p in self._proto().metadata_props}
-        return meta["character"].splitlines()
+        return self.metadata_lines("character")
 
     def _batches(self, split: str, n: int) -> Iterator[Tuple[Feeds, np.ndarray, List[str]]]:
         """Feeds of one image's four rotations each ([4, 3, 224, 224]), labels, kinds."""
