@@ -321,7 +321,7 @@ def _against_paper(s: dict) -> List[str]:
 def _per_model(s: dict) -> List[str]:
     cols = s["formats"]
     L = ["## Per model: relative loss (lower is better; negative = better than FP32; bold = within 1%; "
-         "— = not run)\n",
+         "— = not run; †n=K: scored on K held-out samples, not the model's current n)\n",
          "| model | domain/family | FP32 metric (eval n) | setting | " + " | ".join(format_label(f) for f in cols)
          + " | best FP8 |", "|---" * (len(cols) + 5) + "|"]
     for m in s["models"]:
@@ -342,6 +342,9 @@ def _per_model(s: dict) -> List[str]:
                     continue
                 v = s["loss"].get((m, config_name(f, st)))
                 cell = ("**" + _pct(v) + "**") if is_within(v) else _pct(v)
+                if r.get("eval_samples") not in (None, f32.get("eval_samples")):
+                    # scored on another held-out size than the model's current one (an older row)
+                    cell += f" †n={r['eval_samples']}"
                 t = r.get("tune")
                 if t and t.get("weights_fp8_untuned") is not None:
                     kept = t["weights_fp8_untuned"] - t["weights_fp8"]
