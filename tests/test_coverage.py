@@ -380,3 +380,24 @@ def test_ray_runner_gives_the_rows_the_local_pool_gives(tmp_path):
     for key in want:
         assert got[key]["status"] == want[key]["status"] == "ok"
         assert got[key]["metric"] == want[key]["metric"]
+
+
+def test_report_marks_rows_scored_on_another_held_out_size():
+    """A row scored on fewer held-out samples than its model's FP32 row (written before the
+    entry's evaluation set grew) is marked with its n; rows on the same n are not; a tuned
+    row that searched whole recipes names the recipe it chose."""
+    rows = _rows({"a": ("cv", {"e4m3-std": 0.005, "e3m4-std": 0.02})})
+    for r in rows:
+        if r["config"] != "fp32":
+            r["eval_samples"] = 100
+    rows[1]["eval_samples"] = 4  # e4m3-std: an older row
+    rows.append({"model": "a", "config": "e4m3-std-tuned-recipes", "kind": "tuned", "status": "ok",
+                 "metric": 0.995, "eval_samples": 100,
+                 "tune": {"weights_fp8": 4, "weights_fp8_untuned": 5,
+                          "recipe": {"weight_format": "e3m4", "activation_format": "e4m3",
+                                     "weight_calib_method": "mse", "keep_first": True, "bn_calib": False}}})
+    md = report.render_markdown(report.summarize(rows))
+    a = _table_row(md, "a")
+    assert a["E4M3"] == "**0.50%** †n=4" and a["E3M4"] == "2.00%"
+    assert ("**0.50%** (W E3M4 / A E4M3 + MSE weight scales, first layer float; 1/5 w float)"
+            in md.split("standard + tuning from whole recipes |", 2)[2])
