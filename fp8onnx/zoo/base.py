@@ -111,12 +111,13 @@ def metadata_lines(model: onnx.ModelProto, key: str = "character") -> List[str]:
     """The lines of ``model.metadata_props[key]`` (see :meth:`ZooEntry.metadata_lines`)."""
     return {p.key: p.value for p in model.metadata_props}[key].splitlines()
 
+
 class ZooEntry:
     """One real model with real data and a task metric (higher is better).
 
-    Subclasses set the class attributes and implement ``_load``, ``calib_feeds``,
-    ``eval_feeds`` and ``_evaluate``. ``requires`` lists (module, pip hint) pairs checked
-    before anything runs, so a missing package gives ZooSkip, never a silent pass.
+    Subclasses set the class attributes and implement ``_load`` (or set ``package_model``),
+    ``calib_feeds``, ``eval_feeds`` and ``_evaluate``. ``requires`` lists (module, pip hint)
+    pairs checked before anything runs, so a missing package gives ZooSkip, never a silent pass.
     """
 
     name: str = ""
@@ -127,6 +128,11 @@ class ZooEntry:
     metric_name: str = ""
     default_eval_n: int = 32
     requires: tuple = ()      # ((module, hint), ...)
+    #: An FP32 model shipped as a file inside a package: (package, path parts...), with the
+    #: pip hint ``package_hint``. Looked for before ``requires`` and without importing the
+    #: package, so its hint is the one a user sees; the default ``_load`` reads it.
+    package_model: tuple = ()
+    package_hint: str = ""
     #: The split ``_evaluate`` reads, set by ``evaluate(split=...)`` for the call's duration:
     #: "eval" (held out) or "calib" (the calibration side, for tuning without touching "eval").
     split: str = "eval"
@@ -144,8 +150,15 @@ class ZooEntry:
 
     def check_available(self) -> None:
         """Raise ZooSkip if an optional package the entry needs is missing."""
+        if self.package_model:
+            self.model_file()
         for module, hint in self.requires:
             require(module, hint)
+
+    def model_file(self) -> Path:
+        """The ``package_model`` file (ZooSkip naming ``package_hint`` if it is missing)."""
+        package, *parts = self.package_model
+        return package_file(package, *parts, hint=self.package_hint)
 
     def load(self) -> onnx.ModelProto:
         """The FP32 model (a fresh copy each call, so callers may edit it)."""
@@ -213,7 +226,9 @@ class ZooEntry:
         return self.calib_feeds(n) if self.split == "calib" else self.eval_feeds(n)
 
     def _load(self) -> onnx.ModelProto:
-        raise NotImplementedError
+        if not self.package_model:
+            raise NotImplementedError
+        return onnx.load(self.model_file())
 
     def _evaluate(self, session, n: int) -> float:
         raise NotImplementedError

