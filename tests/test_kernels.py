@@ -114,6 +114,34 @@ def test_parallel_and_axis_loops_agree_with_the_serial_tensor_loop(name, saturat
             bits(serial[: xs.size].reshape(shape)))
 
 
+@pytest.mark.parametrize("name", list(formats.FORMATS))
+@pytest.mark.parametrize("saturate", [True, False])
+def test_fake_quant_in_place_gives_the_out_of_place_bits(name, saturate):
+    """onnxruntime hands FakeQuant its input buffer as the output (MayInplace); the
+    loops detect out is x and take their one-array versions, which must agree bit for
+    bit with the two-array loops, per tensor and per axis (both layouts), serial and
+    threaded."""
+    f = formats.get(name)
+    x = random_values(kernels.PARALLEL_MIN_SIZE + 4096, seed=12)
+    s = np.float32(0.173)
+    want = np.empty_like(x)
+    _cast.fake_quant_tensor(x, s, saturate, f.kernel_id, want)
+    for loop in (_cast.fake_quant_tensor, _cast.fake_quant_tensor_parallel):
+        got = x.copy()
+        loop(got, s, saturate, f.kernel_id, got)
+        np.testing.assert_array_equal(bits(got), bits(want))
+    for shape in [(16, 64, x.size // 1024), (x.size // 64, 64, 1)]:
+        n = shape[0] * shape[1] * shape[2]
+        xs = x[:n].reshape(shape)
+        sc = np.linspace(0.05, 3.0, 64).astype(np.float32)
+        want = np.empty_like(xs)
+        _cast.fake_quant_axis(xs, sc, saturate, f.kernel_id, want)
+        for loop in (_cast.fake_quant_axis, _cast.fake_quant_axis_parallel):
+            got = xs.copy()
+            loop(got, sc, saturate, f.kernel_id, got)
+            np.testing.assert_array_equal(bits(got), bits(want))
+
+
 # ---------------------------------------------------------------- where ORT departs from RNE
 # onnxruntime is the oracle; these pin the cases where it differs from ml_dtypes (found by
 # the exhaustive test) so a change on either side is noticed.

@@ -83,6 +83,10 @@ def quantize_and_check_fake_quant(f, x, saturate):
     dq = np.empty(x.size, np.float32)
     _cast.dequantize_tensor(codes, one, f.kernel_id, dq)
     assert_same(fq.view(np.uint32), dq.view(np.uint32), f"{f.name} fake_quant", x)
+    # The in-place loop (onnxruntime hands FakeQuant its input buffer) is a separate loop.
+    inplace = x.copy()
+    _cast.fake_quant_tensor(inplace, one, saturate, f.kernel_id, inplace)
+    assert_same(inplace.view(np.uint32), fq.view(np.uint32), f"{f.name} fake_quant in place", x)
     return codes
 
 

@@ -155,6 +155,47 @@ def test_fake_quant_that_may_run_in_place_matches_the_kernels(fmt, axis):
     assert np.array_equal(y, ref, equal_nan=True)
 
 
+def _relu_fq_model(x_shape, extra_reader=False):
+    """x -> Relu -> a -> FakeQuant(e3m4) -> b -> Neg -> y (and a -> Abs -> z if extra_reader)."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             ops.make_fake_quant_node("a", "s", "b", format="e3m4", name="fq"),
+             helper.make_node("Neg", ["b"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", T.FLOAT, None)]
+    if extra_reader:
+        nodes.append(helper.make_node("Abs", ["a"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", T.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, x_shape)],
+                              outputs, [numpy_helper.from_array(np.array(0.25, np.float32), "s")])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21), ops.opset_import()])
+
+
+def test_fake_quant_output_shape_is_inferred_so_it_can_run_in_place():
+    """onnxruntime only writes an output over an input (MayInplace) when it knows both
+    shapes are equal: the ops infer their output shape from their input, symbolic dims
+    included. The graph output y (declared without a shape) gets it through Neg."""
+    sess = InferenceSession(_relu_fq_model(["batch", 7, 300]))
+    assert sess.get_outputs()[0].shape == ["batch", 7, 300]
+    x = (RNG.standard_normal((2, 7, 300)) * 3).astype(np.float32)
+    y = sess.run(None, {"x": x})[0]
+    assert np.array_equal(y, -kernels.fake_quant("e3m4", np.maximum(x, 0), np.float32(0.25)))
+
+
+@pytest.mark.parametrize("x_shape", [None, ["n", None], []])
+def test_fake_quant_with_unknown_or_scalar_shapes(x_shape):
+    """Unknown rank, an unnamed unknown dim and a scalar: nothing is inferred that could
+    be wrong (onnxruntime would write an unnamed dim as -1), and the values are right."""
+    x = np.array(2.3, np.float32) if x_shape == [] else (RNG.standard_normal((3, 5)) * 3).astype(np.float32)
+    y = InferenceSession(_relu_fq_model(x_shape)).run(None, {"x": x})[0]
+    assert np.array_equal(y, -kernels.fake_quant("e3m4", np.maximum(x, 0), np.float32(0.25)))
+
+
+def test_fake_quant_does_not_overwrite_an_input_another_node_reads():
+    x = (RNG.standard_normal((4, 1000)) * 3).astype(np.float32)
+    y, z = InferenceSession(_relu_fq_model([4, 1000], extra_reader=True)).run(None, {"x": x})
+    assert np.array_equal(z, np.maximum(x, 0))
+    assert np.array_equal(y, -kernels.fake_quant("e3m4", np.maximum(x, 0), np.float32(0.25)))
+
+
 @needs_nchwc
 @pytest.mark.parametrize("name,fmt", [("digits_cnn", "e3m4"), ("ppocr_cls", "e3m4"), ("ppocr_cls", "e4m3")])
 def test_real_models_same_outputs_with_fewer_reorders(zoo_entry, name, fmt):

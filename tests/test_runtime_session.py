@@ -201,6 +201,18 @@ def test_api_matches_onnxruntime(tmp_path):
     assert len(y) == 1 and y[0].shape == X.shape and y[0].dtype == np.float32
 
 
+def test_zero_dim_feeds_and_outputs_keep_their_shape_as_in_onnxruntime():
+    """A 0-d feed stays 0-d (numpy's ascontiguousarray would make it 1-d)."""
+    x = helper.make_tensor_value_info("x", T.FLOAT, [])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", T.FLOAT, [])])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21)])
+    feed = {"x": np.array(2.5, np.float32)}
+    ours = InferenceSession(model).run(None, feed)[0]
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert ours.shape == theirs.shape == () and ours == theirs == -2.5
+
+
 def test_public_api_and_light_import():
     import fp8onnx.runtime as rt
 

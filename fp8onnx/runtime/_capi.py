@@ -120,6 +120,8 @@ _FUNCS = {
     "AddSessionConfigEntry": (130, P, [P, c_char_p, c_char_p]),
     "ModelMetadataGetGraphDescription": (158, P, [P, P, _PP]),
     "KernelInfo_GetNodeName": (244, P, [P, P, _SZ]),
+    "ShapeInferContext_GetInputTypeShape": (268, P, [P, c_size_t, _PP]),
+    "ShapeInferContext_SetOutputTypeShape": (270, P, [P, c_size_t, P]),
     # Called from the Numba kernels through the table address, listed for the record.
     "KernelContext_GetInput": (90, P, [P, c_size_t, _PP]),
     "KernelContext_GetOutput": (91, P, [P, c_size_t, POINTER(c_int64), c_size_t, _PP]),

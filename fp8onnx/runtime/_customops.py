@@ -44,6 +44,7 @@ _CreateKernelV2 = ctypes.CFUNCTYPE(_P, _P, _P, _P, ctypes.POINTER(_P))
 _KernelDestroy = ctypes.CFUNCTYPE(None, _P)
 _GetMayInplace = ctypes.CFUNCTYPE(c_size_t, ctypes.POINTER(_P), ctypes.POINTER(_P))
 _ReleaseMayInplace = ctypes.CFUNCTYPE(None, _P, _P)
+_InferShape = ctypes.CFUNCTYPE(_P, _P, _P)
 # Ops whose output may reuse the input's buffer, as (input, output) index pairs: the
 # FakeQuant loops read x[i] before writing y[i] and nothing else, so y may be x. ONNX
 # Runtime then writes in place when nothing else reads x, which saves an allocation and
@@ -93,6 +94,7 @@ class _Op:
             "CreateKernelV2": _CreateKernelV2(self._create_kernel),
             "GetStartVersion": _GetInt(lambda op: 1),
             "GetEndVersion": _GetInt(lambda op: 2**31 - 1),
+            "InferOutputShapeFn": _InferShape(self._infer_shape),
         }
         pairs = _MAY_INPLACE.get(name, ())
         if pairs:
@@ -111,6 +113,33 @@ class _Op:
         for field, fn in cb.items():
             setattr(self.struct, field, ctypes.cast(fn, _P).value)
         self.struct.KernelComputeV2 = compute_address
+
+    # -- shape inference: runs in Python while onnxruntime resolves the graph ------------
+    def _infer_shape(self, op, context):
+        """Output shape = input 0's shape. Without it the output's shape is unknown, and
+        onnxruntime's memory planner only lets an op write over its input (MayInplace)
+        when both shapes are known to be equal."""
+        try:
+            api = self.api
+            info = ctypes.c_void_p()
+            status = api.ShapeInferContext_GetInputTypeShape(context, 0, ctypes.byref(info))
+            if status:
+                return status
+            # ``info`` belongs to the context: not released here.
+            rank = api.out(api.GetDimensionsCount, info.value, ctype=c_size_t)
+            if rank == 0:  # a scalar and an unknown rank look alike here: say nothing
+                return None
+            dims = (ctypes.c_int64 * rank)()
+            api.check(api.GetDimensions(info.value, dims, rank))
+            names = (ctypes.c_char_p * rank)()
+            api.check(api.GetSymbolicDimensions(info.value, names, rank))
+            if any(d < 0 and not n for d, n in zip(dims, names)):
+                # onnxruntime would write an unnamed unknown dim as dim_value -1
+                return None
+            return api.ShapeInferContext_SetOutputTypeShape(context, 0, info.value)
+        except Exception as e:  # never let an exception cross into ONNX Runtime
+            log.debug("custom op shape inference failed: %s", e)
+            return None
 
     # -- kernel creation: runs in Python once per node, at session creation --------------
     def _attr_string(self, info, name):

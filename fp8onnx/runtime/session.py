@@ -331,7 +331,7 @@ class InferenceSession:
         arrays, values = [], []
         try:
             for name, value in input_feed.items():
-                arr = np.ascontiguousarray(value)
+                arr = np.asarray(value, order="C")  # not ascontiguousarray: it makes 0-d 1-d
                 code = _FROM_NUMPY.get(arr.dtype)
                 if code is None:
                     raise ValueError(f"input {name!r} has dtype {arr.dtype}, which fp8onnx.runtime "
