@@ -115,7 +115,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     clip = recipe.weight_calib_method != "max"
     if clip and recipe.bn_calib:
         # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
-        _clip_weights(plan, recipe.weight_calib_method)
+        _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
         clip = False
 
     amax = {}
@@ -140,7 +140,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
-        bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode)
+        bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode, pow2_scales=recipe.pow2_scales)
         work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
         bn_corrections = {"seconds": round(bn.seconds, 3), "passes": bn.passes_run, "layers": bn.corrections,
                           "skipped": [list(x) for x in bn.skipped],
@@ -157,9 +157,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     if clip:
         # After the statistics: activation ranges are the float model's, as with max
         # scaling, so one --calib-cache (and tune's shared one) serves both methods.
-        _clip_weights(plan, recipe.weight_calib_method)
+        _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
 
-    insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic)
+    insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic,
+                       pow2_scales=recipe.pow2_scales)
     work = PassManager([insert], instruments=instruments, skip=skip, name="quantize")(work).model
     # The map of inserted tensors lets evaluation tools find each quantized tensor's float twin.
     annotate = Annotate(recipe, extra={"tensors": insert.inserted})
@@ -187,7 +188,7 @@ def compile(model, *, recipe=None, calibration=None, **kwargs) -> onnx.ModelProt
     return compile_model(model, recipe=recipe, calibration=calibration, **kwargs).model
 
 
-def _clip_weights(plan: Plan, method: str) -> None:
+def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
     """Clip each planned float32 weight per channel to the threshold ``method`` picks
     (:func:`fp8onnx.qdq.weight_scales`), in place.
 
@@ -222,7 +223,7 @@ def _clip_weights(plan: Plan, method: str) -> None:
             continue
         (fmt_name, axis), = kinds
         w = numpy_helper.to_array(init).astype(np.float32)
-        t, _ = qdq.weight_scales(w, _formats.get(fmt_name), axis, method)
+        t, _ = qdq.weight_scales(w, _formats.get(fmt_name), axis, method, pow2=pow2)
         shape = [1] * w.ndim
         shape[axis] = -1
         t = np.where(t > 0, t, np.float32(np.inf)).reshape(shape)  # all-zero channels stay as they are

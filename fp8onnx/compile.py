@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the first and last weighted layers in float")
     p.add_argument("--keep-first", action="store_true", default=None,
                    help="keep only the first weighted layer (the one reading the raw input) in float")
+    p.add_argument("--pow2-scales", action="store_true", default=None,
+                   help="round every scale up to a power of two (hardware that takes the scale as an "
+                        "exponent bias, e.g. Intel Gaudi)")
     p.add_argument("--fix-input", action="append", type=parse_fix_input, metavar="NAME=VALUE",
                    help="make input NAME a constant (VALUE: int, float, true/false or a comma list); "
                         "Ifs on it are inlined so their contents get quantized; repeatable")
@@ -103,7 +106,8 @@ def _run(args) -> int:
         format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
         scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
         weight_calib_method=args.weight_calib,
-        exclude=args.exclude, keep_first_last=args.keep_first_last, keep_first=args.keep_first, opset=args.opset, dynamic=args.dynamic,
+        exclude=args.exclude, keep_first_last=args.keep_first_last, keep_first=args.keep_first,
+        pow2_scales=args.pow2_scales, opset=args.opset, dynamic=args.dynamic,
         bn_calib=args.bn_calib, bn_mode=args.bn_mode,
     )
     fix_inputs = None

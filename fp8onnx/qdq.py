@@ -57,7 +57,27 @@ WEIGHT_CALIB_METHODS = ("max", "mse")  # the same tuple as fp8onnx.recipe's
 MSE_RATIOS = np.linspace(0.5, 1.0, 51)
 
 
-def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int, method: str = "max"):
+def pow2_ceil(scale) -> np.ndarray:
+    """The smallest power of two >= each positive float32 ``scale`` (exact, elementwise).
+
+    Hardware-aligned scales (``--pow2-scales``): FP8 units that take the scale as an
+    exponent bias (Intel Gaudi) need powers of two. Rounding up never clips more than the
+    exact scale does; it gives up at most one binade of range at the top.
+    """
+    s = np.asarray(scale, dtype=np.float32)
+    m, e = np.frexp(s)  # s = m * 2**e with m in [0.5, 1): m == 0.5 is a power of two already
+    return np.ldexp(np.float32(1.0), e - (m == np.float32(0.5))).astype(np.float32)
+
+
+def scale_of(fmt: _formats.Format, amax, pow2: bool = False) -> np.ndarray:
+    """``fmt.scale_for(amax)`` made safe (never 0, NaN or Inf), then rounded up to a power
+    of two when ``pow2``."""
+    scale = _safe_scale(fmt.scale_for(amax))
+    return pow2_ceil(scale) if pow2 else scale
+
+
+def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int, method: str = "max",
+                  pow2: bool = False):
     """Per-channel (threshold, scale) of a weight; all-zero channels get scale 1, never 0.
 
     ``max``: threshold = amax of the channel (the paper's max scaling). ``mse``: for each
@@ -66,30 +86,36 @@ def weight_scales(w: np.ndarray, fmt: _formats.Format, axis: int, method: str = 
     with the lowest sum of squared error on the format's grid; ties keep the larger r,
     so a channel where max scaling is as good keeps it. The threshold returned is the
     chosen ``r * amax_c`` (``amax_c`` itself for max), so reports show the range used.
+    ``pow2``: every scale is rounded up to a power of two (:func:`pow2_ceil`); "mse" then
+    scores each threshold as clipping there and quantizing with that rounded scale.
     """
     w = np.ascontiguousarray(w, dtype=np.float32)
     amax = np.asarray(kernels.amax(w, axis=axis), dtype=np.float32)
     if method == "max":
-        return amax, _safe_scale(fmt.scale_for(amax))
+        return amax, scale_of(fmt, amax, pow2)
     if method != "mse":
         raise ValueError(f"unknown weight calibration method {method!r}: choose one of "
                          f"{', '.join(WEIGHT_CALIB_METHODS)}")
     ax = axis % w.ndim
     rest = tuple(i for i in range(w.ndim) if i != ax)
+    bshape = [1] * w.ndim
+    bshape[ax] = -1
     w64 = w.astype(np.float64)
     best_t, best_err = amax.copy(), None
     # Largest ratio first, and a later candidate must be strictly better: ties keep the larger r.
     for r in MSE_RATIOS[::-1]:
         t = (amax.astype(np.float64) * r).astype(np.float32)
-        scale = _safe_scale(fmt.scale_for(t))
-        err = ((fmt.fake_quant(w, scale, axis=ax, saturate=True) - w64) ** 2).sum(axis=rest)
+        scale = scale_of(fmt, t, pow2)
+        # With pow2 the scale's range reaches past t: the clip at t is what the FP8 model holds.
+        wc = np.clip(w, -t.reshape(bshape), t.reshape(bshape)) if pow2 else w
+        err = ((fmt.fake_quant(wc, scale, axis=ax, saturate=True) - w64) ** 2).sum(axis=rest)
         if best_err is None:
             best_err = err
             continue
         better = err < best_err
         best_t = np.where(better, t, best_t)
         best_err = np.where(better, err, best_err)
-    return best_t.astype(np.float32), _safe_scale(fmt.scale_for(best_t))
+    return best_t.astype(np.float32), scale_of(fmt, best_t, pow2)
 
 
 def _safe_scale(scale) -> np.ndarray:
@@ -116,10 +142,10 @@ def _codes_tensor(name, codes: np.ndarray, data_type: int) -> onnx.TensorProto:
 
 
 def build_weight(names: NameAllocator, tensor: str, w: np.ndarray, fmt: _formats.Format,
-                 axis: int, emit: str, saturate: bool = True) -> Built:
+                 axis: int, emit: str, saturate: bool = True, pow2: bool = False) -> Built:
     """``W -> DQ(Wq, scale[axis])``: codes stored per output channel."""
     w = np.ascontiguousarray(w, dtype=np.float32)
-    amax, scale = weight_scales(w, fmt, axis)
+    amax, scale = weight_scales(w, fmt, axis, pow2=pow2)
     codes = fmt.quantize(w, scale, axis=axis, saturate=saturate)
     native = emits_native(fmt, emit)
     q_name = names.tensor(f"{tensor}_{fmt.name}")
@@ -143,9 +169,11 @@ def build_weight(names: NameAllocator, tensor: str, w: np.ndarray, fmt: _formats
 
 
 def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, amax: float, emit: str,
-                     zp_name: str, saturate: bool = True) -> Built:
+                     zp_name: str, saturate: bool = True, pow2: bool = False) -> Built:
     """``x -> DQ(Q(x, scale))`` per tensor, or one fused FakeQuant when emulating."""
     scale = np.asarray(fmt.scale_for(np.float32(amax)), dtype=np.float32).reshape(())
+    if pow2:
+        scale = pow2_ceil(_safe_scale(scale)).reshape(())
     native = emits_native(fmt, emit)
     s_name = names.tensor(f"{tensor}_scale")
     doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}; amax {_fmt_short(amax)}, scale {_fmt_short(float(scale))}"
@@ -157,11 +185,13 @@ def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, am
 
 
 def build_activation_dynamic(names: NameAllocator, tensor: str, fmt: _formats.Format, emit: str,
-                             zp_name: str, saturate: bool = True) -> Built:
+                             zp_name: str, saturate: bool = True, pow2: bool = False) -> Built:
     """``x -> DQ(Q(x, s))`` with ``s = max(ReduceMax(|x|) / fmt.max, tiny)`` computed at run time.
 
     Standard ONNX ops compute the scale, so no calibration is needed; the floor keeps an
-    all-zero tensor from producing a zero scale.
+    all-zero tensor from producing a zero scale. ``pow2``: ``s = 2 ** ceil(log2(s) - 2**-20)``
+    (ONNX has no bit casts; the 2**-20 keeps an exact power of two from doubling through
+    Log's rounding, at the cost of clipping values within 1e-6 of the amax).
     """
     native = emits_native(fmt, emit)
     fmax = names.tensor(f"{tensor}_fmt_max")
@@ -176,6 +206,21 @@ def build_activation_dynamic(names: NameAllocator, tensor: str, fmt: _formats.Fo
         helper.make_node("Div", [amax, fmax], [raw], name=names.node(f"{tensor}_scale_raw")),
         helper.make_node("Max", [raw, tiny], [scale], name=names.node(f"{tensor}_scale")),
     ]
+    if pow2:
+        exact = scale
+        consts = {k: names.tensor(f"{tensor}_{k}") for k in ("inv_ln2", "pow2_slack", "two")}
+        inits += [onnx.numpy_helper.from_array(np.array(v, np.float32), consts[k]) for k, v in
+                  (("inv_ln2", 1 / np.log(2)), ("pow2_slack", 2.0 ** -20), ("two", 2.0))]
+        log, log2, lowered, expo, scale = (names.tensor(f"{tensor}_{k}") for k in
+                                           ("scale_ln", "scale_log2", "scale_log2_low", "scale_exp", "scale_pow2"))
+        nodes += [
+            helper.make_node("Log", [exact], [log], name=names.node(f"{tensor}_scale_ln")),
+            helper.make_node("Mul", [log, consts["inv_ln2"]], [log2], name=names.node(f"{tensor}_scale_log2")),
+            helper.make_node("Sub", [log2, consts["pow2_slack"]], [lowered], name=names.node(f"{tensor}_scale_log2_low")),
+            helper.make_node("Ceil", [lowered], [expo], name=names.node(f"{tensor}_scale_exp")),
+            helper.make_node("Pow", [consts["two"], expo], [scale], name=names.node(f"{tensor}_scale_pow2")),
+        ]
+        doc += ", rounded up to a power of two"
     q_nodes, out = _quantize_nodes(names, tensor, scale, fmt, native, zp_name, saturate)
     nodes += q_nodes
     for n in nodes:

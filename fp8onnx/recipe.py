@@ -56,6 +56,9 @@ class Recipe:
     bn_mode: str = "match"
     opset: int = 19
     saturate: bool = True
+    #: Scales rounded up to powers of two (hardware that takes the scale as an exponent
+    #: bias, such as Intel Gaudi's FP8 units, needs them).
+    pow2_scales: bool = False
     #: Inputs made constants before compiling (``{"sr": 16000}``): Ifs on them get inlined.
     fix_inputs: Dict[str, object] = field(default_factory=dict)
 

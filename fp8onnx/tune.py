@@ -310,7 +310,7 @@ def tune(model, calibration, eval_data, *, target_loss: float = 0.01, metric=Non
                                        if k in ("format", "weight_format", "activation_format", "scheme",
                                                 "emit", "calib_method", "weight_calib_method",
                                                 "percentile", "exclude",
-                                                "keep_first_last", "keep_first", "opset")}).to_dict()
+                                                "keep_first_last", "keep_first", "pow2_scales", "opset")}).to_dict()
     if isinstance(eval_data, Iterator):
         eval_data = list(eval_data)  # every trial reads it again
     if isinstance(calibration, Iterator):

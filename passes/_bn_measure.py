@@ -29,7 +29,7 @@ from fp8onnx.calibration.moments import ChannelMoments, PairMoments
 from fp8onnx.calibration.stages import DEFAULT_STORE_BUDGET, CutStore, node_reads, plan_stages
 from fp8onnx.graph import GraphIndex, NameAllocator, remove_unused
 
-from ._bn_targets import Target, fake_quant_weight
+from ._bn_targets import Target
 
 __all__ = ["StagedMeasure", "FullRunner", "progress_bar"]
 
@@ -120,7 +120,7 @@ class StagedMeasure:
     def _overrides(self, t: Target) -> Dict[str, np.ndarray]:
         """FP8-side parameters: this layer's weight fake-quantized (its own correction is
         not applied yet), kept BNs of the layers above with their corrected statistics."""
-        p = {t.weight: fake_quant_weight(t.w0, t.fmt, t.axis)}
+        p = {t.weight: t.fake_quant(t.w0)}
         for u in self.targets:
             if u.kind == "bn-stats" and u is not t:
                 p[u.bn.input[3]], p[u.bn.input[4]] = u.mean, u.var
@@ -221,7 +221,7 @@ class FullRunner:
                 key = None if t.a is None else t.a.tobytes()
                 hit = self._fq.get(t.weight)
                 if hit is None or hit[0] != key:
-                    hit = self._fq[t.weight] = (key, fake_quant_weight(t.weight_now(), t.fmt, t.axis))
+                    hit = self._fq[t.weight] = (key, t.fake_quant(t.weight_now()))
                 p[t.weight] = hit[1]
             if t.kind == "bn-stats":
                 p[t.bn.input[3]] = t.mean if quantized else t.mean0

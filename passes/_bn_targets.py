@@ -29,11 +29,12 @@ EPS = 1e-12
 MARKER = "fp8onnx.bn_calibration"
 
 
-def fake_quant_weight(w: np.ndarray, fmt, axis: int) -> np.ndarray:
-    """``DQ(Q(w))`` with per-channel max scaling on ``axis``: what InsertQDQ stores, in float32."""
+def fake_quant_weight(w: np.ndarray, fmt, axis: int, pow2: bool = False) -> np.ndarray:
+    """``DQ(Q(w))`` with per-channel max scaling on ``axis`` (scales rounded up to powers
+    of two if ``pow2``): what InsertQDQ stores, in float32."""
     fmt = _formats.get(fmt) if isinstance(fmt, str) else fmt
     w = np.ascontiguousarray(w, dtype=np.float32)
-    _, scale = qdq.weight_scales(w, fmt, axis)
+    _, scale = qdq.weight_scales(w, fmt, axis, pow2=pow2)
     return fmt.fake_quant(w, scale, axis=axis)
 
 
@@ -64,6 +65,11 @@ class Target:
     std_f: np.ndarray = None       # float model's channel std (folded)
     clamped: int = 0
     report: dict = field(default_factory=dict)
+    pow2: bool = False             # weight scales rounded up to powers of two (--pow2-scales)
+
+    def fake_quant(self, w: np.ndarray) -> np.ndarray:
+        """``w`` as InsertQDQ will store this layer's weight."""
+        return fake_quant_weight(w, self.fmt, self.axis, self.pow2)
 
     @property
     def reported(self) -> str:
@@ -98,7 +104,7 @@ def bn_eps(bn) -> float:
     return next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
 
 
-def find_targets(model, plan, *, bn_mode: str) -> Tuple[List[Target], List[tuple]]:
+def find_targets(model, plan, *, bn_mode: str, pow2: bool = False) -> Tuple[List[Target], List[tuple]]:
     """The plan's main-graph Conv/ConvTranspose units that can be corrected, in graph order,
     and (node, reason) for the others."""
     graph = model.graph
@@ -124,7 +130,7 @@ def find_targets(model, plan, *, bn_mode: str) -> Tuple[List[Target], List[tuple
         b0 = (numpy_helper.to_array(index.initializers[bias]).astype(np.float32) if bias
               else np.zeros(channels, np.float32))
         t = Target(node, "folded", _formats.get(d.weight_format), use.axis, use.tensor, bias,
-                   node.output[0], channels, w0, b0)
+                   node.output[0], channels, w0, b0, pow2=pow2)
         bn = _bn_after(node, index)
         if bn is not None:
             t.kind, t.bn = "bn-stats", bn

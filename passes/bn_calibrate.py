@@ -115,7 +115,7 @@ class BatchNormCalibration(Pass):
     def __init__(self, plan: Plan, source, *, sequential: bool = True, iterations: int = 2,
                  bn_mode: str = "match", clamp=(0.5, 2.0), tol: float = 1e-4,
                  quantized_weights: bool = True, progress: Optional[bool] = None,
-                 providers=None, store_budget: int = DEFAULT_STORE_BUDGET) -> None:
+                 providers=None, store_budget: int = DEFAULT_STORE_BUDGET, pow2_scales: bool = False) -> None:
         super().__init__()
         if int(iterations) < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -132,6 +132,7 @@ class BatchNormCalibration(Pass):
         self.bn_mode, self.quantized_weights = bn_mode, bool(quantized_weights)
         self.providers = providers or ["CPUExecutionProvider"]
         self.store_budget = int(store_budget)
+        self.pow2 = bool(pow2_scales)
         self.corrections: List[dict] = []
         self.skipped: List[tuple] = []
         self.passes_run = 0
@@ -153,7 +154,7 @@ class BatchNormCalibration(Pass):
     def call(self, model):
         t0 = time.perf_counter()
         self.corrections, self.passes_run, self.store_peak, self.spill_peak = [], 0, 0, 0
-        targets, self.skipped = find_targets(model, self.plan, bn_mode=self.bn_mode)
+        targets, self.skipped = find_targets(model, self.plan, bn_mode=self.bn_mode, pow2=self.pow2)
         if not targets:
             self.seconds = time.perf_counter() - t0
             return PassResult(model, False)
@@ -269,8 +270,7 @@ class BatchNormCalibration(Pass):
             if self.quantized_weights:
                 # fq(W) is a fixed point of per-channel max scaling: InsertQDQ finds the same
                 # codes, and the activation calibration that follows sees the FP8 weights.
-                w = fake_quant_weight(t.weight_now() if t.kind == "folded" and changed else t.w0,
-                                      t.fmt, t.axis)
+                w = t.fake_quant(t.weight_now() if t.kind == "folded" and changed else t.w0)
                 if not np.array_equal(w, numpy_helper.to_array(inits[t.weight])):
                     inits[t.weight].CopyFrom(numpy_helper.from_array(w, t.weight))
                     changed = True

@@ -41,10 +41,10 @@ class InsertQDQ(Pass):
     name = "insert_qdq"
 
     def __init__(self, plan: Plan, amax: Dict[Tuple[str, str], float], *, emit: str = "auto",
-                 saturate: bool = True, dynamic: bool = False) -> None:
+                 saturate: bool = True, dynamic: bool = False, pow2_scales: bool = False) -> None:
         super().__init__()
         self.plan, self.amax, self.emit, self.saturate = plan, amax, emit, saturate
-        self.dynamic = dynamic
+        self.dynamic, self.pow2 = dynamic, pow2_scales
         self.inserted: Dict[str, dict] = {}
 
     def requires(self, model):
@@ -99,7 +99,7 @@ class InsertQDQ(Pass):
                 key = ("w", use.tensor, fmt.name, use.axis)
                 if key not in built:
                     w = numpy_helper.to_array(index.initializers[use.tensor])
-                    b = qdq.build_weight(names, use.tensor, w, fmt, use.axis, self.emit, self.saturate)
+                    b = qdq.build_weight(names, use.tensor, w, fmt, use.axis, self.emit, self.saturate, self.pow2)
                     built[key] = b
                     self.inserted[b.output] = {"kind": "weight", "tensor": use.tensor, "format": fmt.name, **b.info}
                 node.input[use.index] = built[key].output
@@ -115,10 +115,10 @@ class InsertQDQ(Pass):
                     native = qdq.emits_native(fmt, self.emit)
                     zp = zero_points.setdefault(fmt.name, names.tensor(f"fp8onnx_zero_{fmt.name}")) if native else ""
                     if self.dynamic:
-                        b = qdq.build_activation_dynamic(names, use.tensor, fmt, self.emit, zp, self.saturate)
+                        b = qdq.build_activation_dynamic(names, use.tensor, fmt, self.emit, zp, self.saturate, self.pow2)
                     else:
                         b = qdq.build_activation(names, use.tensor, fmt, self.amax[(use.tensor, fmt.name)],
-                                                 self.emit, zp, self.saturate)
+                                                 self.emit, zp, self.saturate, self.pow2)
                     built[key] = b
                     self.inserted[b.output] = {"kind": "activation", "tensor": use.tensor, "format": fmt.name, **b.info}
                 node.input[use.index] = built[key].output

@@ -223,7 +223,10 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + 3 + 1 + 2 and names[0] == "fp32"
+    assert len(names) == 1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + len(cov.POW2_FORMATS) + 3 + 1 + 2
+    assert names[0] == "fp32"
+    assert cov.config_spec("e3m4-std-pow2") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
+                                                "bn_calib": False, "pow2_scales": True}
     assert cov.config_spec("e3m4-std-wmse-kf") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                    "bn_calib": False, "weight_calib_method": "mse",
                                                    "keep_first": True}
@@ -247,6 +250,7 @@ def test_config_names_round_trip():
     assert "stages" not in cov.config_spec("e4m3-std-tuned")  # the worker's INC-style stages
     assert cov.config_spec("e4m3-std-tuned-recipes")["stages"] == ["recipe", "format", "node"]
     assert report.split_config("e4m3-std-tuned-recipes") == ("e4m3", ("e4m3", "e4m3"), report.TUNED_RECIPES)
+    assert report.split_config("e3m4-std-pow2") == ("e3m4", ("e3m4", "e3m4"), report.POW2)
     assert {cov.config_spec(n)["kind"] for n in names} == {"fp32", "ours", "tuned", "peer"}
     with pytest.raises(ValueError, match="unknown configuration"):
         cov.config_spec("e4m3-wide")
@@ -303,6 +307,22 @@ def test_report_counts_fixed_recipes_apart_from_selections(tmp_path):
     assert trend["mean loss E4M3"] == "2.75%" and trend["mean loss W E3M4 / A E4M3"] == "n/a"
     report.write_report(rows, tmp_path)
     assert _png_ok(tmp_path / "fig4_loss_per_model.png") and _png_ok(tmp_path / "fig5_loss_vs_size.png")
+
+
+def test_pow2_scales_get_a_row_but_no_chance_in_the_best_of_counts():
+    """Power-of-two scales are a hardware constraint: their row is counted like any fixed
+    recipe, but a model that only they keep within 1% does not enter a best-of count."""
+    rows = _rows({
+        "a": ("cv", {"e4m3-std": 0.005, "e3m4-std": 0.02, "e4m3-std-pow2": 0.006, "e3m4-std-pow2": 0.03}),
+        "b": ("cv", {"e4m3-std": 0.02, "e3m4-std": 0.03, "e4m3-std-pow2": 0.004, "e3m4-std-pow2": 0.02}),
+    })
+    s = report.summarize(rows)
+    assert (s["within"][report.POW2]["e4m3"], s["within"][report.POW2]["e3m4"]) == ((2, 2), (0, 2))
+    sel = {x["label"]: x for x in s["selections"]}
+    assert sel["best of every untuned setting, single formats only"]["fp8"] == (1, 2)  # a only
+    md = report.render_markdown(s)
+    assert _table_row(md, "standard, power-of-two scales")["E4M3"] == "2/2 (100%)"
+    assert "The 2 untuned FP8 recipes range" in md  # pow2 is not one of the recipes compared
 
 
 def test_cli_errors_and_report_only(tmp_path, sweep):

@@ -43,7 +43,10 @@ SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SET
 TUNED = ("std", "-tuned")
 #: fp8onnx.tune's default FP8 search: its whole-recipe stage, then the stages of TUNED.
 TUNED_RECIPES = ("std", "-tuned-recipes")
-ALL_SETTINGS = SETTINGS + (TUNED, TUNED_RECIPES)
+#: Power-of-two scales: a hardware constraint (scale as an exponent bias), shown beside the
+#: others but outside SETTINGS, so it adds no chance to the best-of counts.
+POW2 = ("std", "-pow2")
+ALL_SETTINGS = SETTINGS + (POW2, TUNED, TUNED_RECIPES)
 SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("ext", ""): "extended", ("ext", "-bn"): "extended + BN calib",
                  ("std", "-wmse"): "standard + MSE weight scales",
@@ -53,6 +56,7 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-kf"): "standard, first layer float",
                  ("std", "-wmse-kf"): "standard + MSE weight scales, first layer float",
                  ("std", "-bn-kf"): "standard + BN calib, first layer float",
+                 POW2: "standard, power-of-two scales",
                  TUNED: "standard + accuracy-aware tuning",
                  TUNED_RECIPES: "standard + tuning from whole recipes"}
 _SUFFIXES = {f"{sch}{bn}": (sch, bn) for sch, bn in ALL_SETTINGS}

@@ -208,6 +208,8 @@ def _compile_ours(entry, calib, spec):
         opts["weight_calib_method"] = spec["weight_calib_method"]
     if spec.get("keep_first"):
         opts["keep_first"] = True
+    if spec.get("pow2_scales"):
+        opts["pow2_scales"] = True
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None

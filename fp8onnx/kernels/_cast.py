@@ -33,8 +33,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _fq_float, _fq_float_sat, _params,
-                    _q_float, _round_int8, decode_table)
+from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _and, _bits, _fq_float, _fq_float_sat,
+                    _params, _q_float, _round_int8, decode_table)
+
+_MANT = np.int32(0x007FFFFF)
+_MIN_NORMAL_BITS = np.int32(0x00800000)     # 2**-126
+_MAX_FINITE_EXP_BITS = np.int32(0x7F000000)  # 2**127
 
 __all__ = [
     "fake_quant_tensor", "fake_quant_axis", "quantize_tensor", "quantize_axis",
@@ -53,19 +57,24 @@ def _fq_row(x, out, scale, fmt_id, p):
     if x.ctypes.data == out.ctypes.data:  # out, not x: x may be typed read-only
         _fq_row_inplace(out, scale, fmt_id, p)
         return
+    # y = x * (1/scale) is x / scale bit for bit when the scale is a power of two (both are
+    # the rounded exact quotient), and the loop is then ~20% faster: the division bounds it.
+    # LLVM unswitches the loop-invariant test into two loops.
+    pow2 = _is_pow2(scale)
+    inv = np.float32(1.0) / scale
     if fmt_id == INT8_ID:
         for i in range(x.size):
-            out[i] = _round_int8(x[i] / scale) * scale
+            out[i] = _round_int8(x[i] * inv if pow2 else x[i] / scale) * scale
     else:
         emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
         if ovf == fmax and zsign != 0 and lo_band == hi_band:
             for i in range(x.size):
-                out[i] = _fq_float_sat(x[i] / scale, scale, emin_bits, emax_bits, c_add,
-                                       fmax, nan)
+                out[i] = _fq_float_sat(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits,
+                                       emax_bits, c_add, fmax, nan)
             return
         for i in range(x.size):
-            out[i] = _fq_float(x[i] / scale, scale, emin_bits, emax_bits, c_add, fmax, ovf,
-                               nan, zsign, lo_band, hi_band, band)
+            out[i] = _fq_float(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits, emax_bits,
+                               c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
 
 
 @njit(**_JIT)
@@ -73,18 +82,28 @@ def _fq_row_inplace(x, scale, fmt_id, p):
     # _fq_row when out is x (onnxruntime hands FakeQuant its input's buffer when nothing
     # else reads it): a loop over one array, because LLVM's runtime alias check sends the
     # two-array loop to its scalar version when they overlap (~7x slower, measured).
+    pow2 = _is_pow2(scale)
+    inv = np.float32(1.0) / scale
     if fmt_id == INT8_ID:
         for i in range(x.size):
-            x[i] = _round_int8(x[i] / scale) * scale
+            x[i] = _round_int8(x[i] * inv if pow2 else x[i] / scale) * scale
     else:
         emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
         if ovf == fmax and zsign != 0 and lo_band == hi_band:
             for i in range(x.size):
-                x[i] = _fq_float_sat(x[i] / scale, scale, emin_bits, emax_bits, c_add, fmax, nan)
+                x[i] = _fq_float_sat(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits,
+                                     emax_bits, c_add, fmax, nan)
             return
         for i in range(x.size):
-            x[i] = _fq_float(x[i] / scale, scale, emin_bits, emax_bits, c_add, fmax, ovf, nan,
-                             zsign, lo_band, hi_band, band)
+            x[i] = _fq_float(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits, emax_bits,
+                             c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
+
+
+@njit(**_JIT)
+def _is_pow2(scale):
+    """A positive power of two whose reciprocal is exact (2**-126 .. 2**127)."""
+    b = _bits(scale)
+    return _and(b, _MANT) == 0 and b >= _MIN_NORMAL_BITS and b <= _MAX_FINITE_EXP_BITS
 
 
 @njit(**_JIT)
