@@ -15,8 +15,9 @@ taken round-robin so the noise of a shared machine falls on every variant alike.
 Part 3 (``--zoo``), real CNNs of the zoo compiled with their calibration data: the float
 model vs emulated E3M4 and E4M3 (``emit="emulate"``: FakeQuant activations, folded
 weights; also E3M4 with ``blocked_fake_quant=False``, the FakeQuants reordered out of
-and back into onnxruntime's NCHWc layout around every Conv) vs onnxruntime's own E4M3
-QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrites off
+and back into onnxruntime's NCHWc layout around every Conv, and E3M4 with power-of-two
+scales, ``--pow2-scales``, where FakeQuant multiplies by the exact reciprocal) vs
+onnxruntime's own E4M3 QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrites off
 so that it computes the right thing), at 1 and 2 threads. Each repeat runs every
 variant once, in turn, in an order rotated each repeat (several calls per sample for
 small models); the figure is the median over repeats of time / float time of the same
@@ -303,6 +304,8 @@ def zoo_variants(name):
     out = {"float": model}
     for fmt, emit in (("e3m4", "emulate"), ("e4m3", "emulate"), ("e4m3", "qdq")):
         out[f"{fmt} {emit}"] = fp8onnx.compile_model(model, format=fmt, calibration=calib, emit=emit).model
+    out["e3m4 emulate pow2"] = fp8onnx.compile_model(model, format="e3m4", calibration=calib, emit="emulate",
+                                                     pow2_scales=True).model
     return feed, out
 
 
@@ -329,6 +332,8 @@ def zoo_sessions(models, threads, profile_dir=None):
         "E4M3 emulated": InferenceSession(models["e4m3 emulate"], so("e4m3")),
         "E3M4 emulated, NCHWc reorders kept": InferenceSession(models["e3m4 emulate"], so("e3m4_reorders"),
                                                                blocked_fake_quant=False),
+        # Power-of-two scales: FakeQuant multiplies by the exact reciprocal instead of dividing.
+        "E3M4 emulated, pow2 scales": InferenceSession(models["e3m4 emulate pow2"], so("e3m4_pow2")),
         "E4M3 QDQ (onnxruntime)": ort_session(models["e4m3 qdq"], "qdq"),
     }
 
