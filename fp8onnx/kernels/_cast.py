@@ -52,51 +52,50 @@ __all__ = [
 # non-inlined function: inlined into the per-channel loop nests over reshaped views,
 # the same loop ran ~5x slower (measured), as LLVM then versioned it poorly.
 
+def _row_loop(inplace):
+    """The fake-quant span loop ``out[i] = fq(src[i])``, with src = x, or src = out for the
+    in-place copy: onnxruntime hands FakeQuant its input's buffer when nothing else reads
+    it, and LLVM's runtime alias check sends a two-array loop whose arrays overlap to its
+    scalar version (~7x slower, measured), while one array read and written vectorises.
+    ``inplace`` is a compile-time constant, so each copy keeps only its own branch."""
+
+    @njit(**_JIT)
+    def loop(x, out, scale, fmt_id, p):
+        if inplace:
+            src = out  # not x: x may be typed read-only
+        else:
+            src = x
+        # y = x * (1/scale) is x / scale bit for bit when the scale is a power of two (both
+        # are the rounded exact quotient), and the loop is then ~20% faster: the division
+        # bounds it. LLVM unswitches the loop-invariant test into two loops.
+        pow2 = _is_pow2(scale)
+        inv = np.float32(1.0) / scale
+        if fmt_id == INT8_ID:
+            for i in range(out.size):
+                out[i] = _round_int8(src[i] * inv if pow2 else src[i] / scale) * scale
+        else:
+            emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
+            if ovf == fmax and zsign != 0 and lo_band == hi_band:
+                for i in range(out.size):
+                    out[i] = _fq_float_sat(src[i] * inv if pow2 else src[i] / scale, scale, emin_bits,
+                                           emax_bits, c_add, fmax, nan)
+                return
+            for i in range(out.size):
+                out[i] = _fq_float(src[i] * inv if pow2 else src[i] / scale, scale, emin_bits,
+                                   emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
+
+    return loop
+
+
+_fq_row_apart, _fq_row_inplace = _row_loop(False), _row_loop(True)
+
+
 @njit(**_JIT)
 def _fq_row(x, out, scale, fmt_id, p):
-    if x.ctypes.data == out.ctypes.data:  # out, not x: x may be typed read-only
-        _fq_row_inplace(out, scale, fmt_id, p)
-        return
-    # y = x * (1/scale) is x / scale bit for bit when the scale is a power of two (both are
-    # the rounded exact quotient), and the loop is then ~20% faster: the division bounds it.
-    # LLVM unswitches the loop-invariant test into two loops.
-    pow2 = _is_pow2(scale)
-    inv = np.float32(1.0) / scale
-    if fmt_id == INT8_ID:
-        for i in range(x.size):
-            out[i] = _round_int8(x[i] * inv if pow2 else x[i] / scale) * scale
+    if x.ctypes.data == out.ctypes.data:
+        _fq_row_inplace(x, out, scale, fmt_id, p)
     else:
-        emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
-        if ovf == fmax and zsign != 0 and lo_band == hi_band:
-            for i in range(x.size):
-                out[i] = _fq_float_sat(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits,
-                                       emax_bits, c_add, fmax, nan)
-            return
-        for i in range(x.size):
-            out[i] = _fq_float(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits, emax_bits,
-                               c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
-
-
-@njit(**_JIT)
-def _fq_row_inplace(x, scale, fmt_id, p):
-    # _fq_row when out is x (onnxruntime hands FakeQuant its input's buffer when nothing
-    # else reads it): a loop over one array, because LLVM's runtime alias check sends the
-    # two-array loop to its scalar version when they overlap (~7x slower, measured).
-    pow2 = _is_pow2(scale)
-    inv = np.float32(1.0) / scale
-    if fmt_id == INT8_ID:
-        for i in range(x.size):
-            x[i] = _round_int8(x[i] * inv if pow2 else x[i] / scale) * scale
-    else:
-        emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
-        if ovf == fmax and zsign != 0 and lo_band == hi_band:
-            for i in range(x.size):
-                x[i] = _fq_float_sat(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits,
-                                     emax_bits, c_add, fmax, nan)
-            return
-        for i in range(x.size):
-            x[i] = _fq_float(x[i] * inv if pow2 else x[i] / scale, scale, emin_bits, emax_bits,
-                             c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
+        _fq_row_apart(x, out, scale, fmt_id, p)
 
 
 @njit(**_JIT)
@@ -209,49 +208,45 @@ def fake_quant_axis(x, scale, saturate, fmt_id, out):
                 _fq_row(x[o, c], out[o, c], scale[c], fmt_id, p)
 
 
+def _chan_loop(inplace):
+    """Rows of C = scale.size elements (inner == 1): element (row, c) uses scale[c]; src is
+    out for the in-place copy (see _row_loop)."""
+
+    @njit(**_JIT)
+    def loop(x, out, scale, fmt_id, p):
+        # Row slices keep the inner index a plain range(nc) index, which LLVM vectorises;
+        # indexing with base + c instead was ~6x slower (measured). In place, the row read
+        # is the very slice written: two slices of one array would be checked for aliasing.
+        nc = scale.size
+        if fmt_id == INT8_ID:
+            for base in range(0, out.size, nc):
+                orow = out[base:base + nc]
+                xr = orow if inplace else x[base:base + nc]
+                for c in range(nc):
+                    s = scale[c]
+                    orow[c] = _round_int8(xr[c] / s) * s
+        else:
+            emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
+            for base in range(0, out.size, nc):
+                orow = out[base:base + nc]
+                xr = orow if inplace else x[base:base + nc]
+                for c in range(nc):
+                    s = scale[c]
+                    orow[c] = _fq_float(xr[c] / s, s, emin_bits, emax_bits, c_add, fmax,
+                                        ovf, nan, zsign, lo_band, hi_band, band)
+
+    return loop
+
+
+_fq_chan_apart, _fq_chan_inplace = _chan_loop(False), _chan_loop(True)
+
+
 @njit(**_JIT)
 def _fq_chan(x, out, scale, fmt_id, p):
-    """Rows of C = scale.size elements (inner == 1): element (row, c) uses scale[c]."""
-    # Row slices keep the inner index a plain range(nc) index, which LLVM vectorises;
-    # indexing with base + c instead was ~6x slower (measured).
-    nc = scale.size
-    if x.ctypes.data == out.ctypes.data:  # out, not x: x may be typed read-only
-        _fq_chan_inplace(out, scale, fmt_id, p)
-        return
-    if fmt_id == INT8_ID:
-        for base in range(0, x.size, nc):
-            xr, orow = x[base:base + nc], out[base:base + nc]
-            for c in range(nc):
-                s = scale[c]
-                orow[c] = _round_int8(xr[c] / s) * s
+    if x.ctypes.data == out.ctypes.data:
+        _fq_chan_inplace(x, out, scale, fmt_id, p)
     else:
-        emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
-        for base in range(0, x.size, nc):
-            xr, orow = x[base:base + nc], out[base:base + nc]
-            for c in range(nc):
-                s = scale[c]
-                orow[c] = _fq_float(xr[c] / s, s, emin_bits, emax_bits, c_add, fmax,
-                                     ovf, nan, zsign, lo_band, hi_band, band)
-
-
-@njit(**_JIT)
-def _fq_chan_inplace(x, scale, fmt_id, p):
-    """_fq_chan when out is x (see _fq_row_inplace)."""
-    nc = scale.size
-    if fmt_id == INT8_ID:
-        for base in range(0, x.size, nc):
-            xr = x[base:base + nc]
-            for c in range(nc):
-                s = scale[c]
-                xr[c] = _round_int8(xr[c] / s) * s
-    else:
-        emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
-        for base in range(0, x.size, nc):
-            xr = x[base:base + nc]
-            for c in range(nc):
-                s = scale[c]
-                xr[c] = _fq_float(xr[c] / s, s, emin_bits, emax_bits, c_add, fmax, ovf, nan,
-                                  zsign, lo_band, hi_band, band)
+        _fq_chan_apart(x, out, scale, fmt_id, p)
 
 
 @njit(parallel=True, **_JIT)
