@@ -171,9 +171,7 @@ def build_weight(names: NameAllocator, tensor: str, w: np.ndarray, fmt: _formats
 def build_activation(names: NameAllocator, tensor: str, fmt: _formats.Format, amax: float, emit: str,
                      zp_name: str, saturate: bool = True, pow2: bool = False) -> Built:
     """``x -> DQ(Q(x, scale))`` per tensor, or one fused FakeQuant when emulating."""
-    scale = np.asarray(fmt.scale_for(np.float32(amax)), dtype=np.float32).reshape(())
-    if pow2:
-        scale = pow2_ceil(_safe_scale(scale)).reshape(())
+    scale = scale_of(fmt, np.float32(amax), pow2).reshape(())
     native = emits_native(fmt, emit)
     s_name = names.tensor(f"{tensor}_scale")
     doc = f"fp8onnx: activation {tensor!r} per-tensor {fmt.name}; amax {_fmt_short(amax)}, scale {_fmt_short(float(scale))}"
