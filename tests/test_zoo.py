@@ -483,9 +483,10 @@ def test_cli_fp8_passes_compiler_options(monkeypatch, capsys):
 
     monkeypatch.setattr(fp8eval, "fp8_vs_fp32", spy)
     assert cli.main(["digits_cnn", "--fp8", "--format", "e3m4", "--keep-first", "--bn-calib",
-                     "--weight-calib", "mse", "--calib-n", "16"]) == 0
-    assert {k: seen[k] for k in ("format", "keep_first", "bn_calib", "weight_calib_method", "calib_n")} == \
-        {"format": "e3m4", "keep_first": True, "bn_calib": True, "weight_calib_method": "mse", "calib_n": 16}
+                     "--weight-calib", "mse", "--pow2-scales", "--calib-n", "16"]) == 0
+    keys = ("format", "keep_first", "bn_calib", "weight_calib_method", "pow2_scales", "calib_n")
+    assert {k: seen[k] for k in keys} == {"format": "e3m4", "keep_first": True, "bn_calib": True,
+                                          "weight_calib_method": "mse", "pow2_scales": True, "calib_n": 16}
     assert "relative loss" in capsys.readouterr().out
 
 
