@@ -33,6 +33,8 @@ WEIGHT_CALIB_METHODS = ("max", "mse")
 #: match: move kept BN statistics by what FP8 weights change (default; measured best on
 #: PP-OCR); reestimate: the paper's re-estimation from the calibration data.
 BN_MODES = ("match", "reestimate")
+#: Recipe fields that are switches.
+_BOOL_FIELDS = ("keep_first_last", "keep_first", "dynamic", "bn_calib", "saturate", "pow2_scales")
 
 
 @dataclass
@@ -110,6 +112,13 @@ class Recipe:
             raise UserError(f"unknown BatchNorm calibration mode {self.bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if not 0 < float(self.percentile) <= 100:
             raise UserError(f"percentile {self.percentile} is outside (0, 100]: give e.g. 99.99")
+        for key in _BOOL_FIELDS:
+            value = getattr(self, key)
+            # JSON's "false" (a string) would read as true: take bools, numpy bools and 0/1 only.
+            if not (isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+                    or (isinstance(value, int) and value in (0, 1))):
+                raise UserError(f"recipe key {key!r} must be true or false, not {value!r}: fix the recipe")
+            setattr(self, key, bool(value))
         if not isinstance(self.opset, int) or not 19 <= self.opset <= 23:
             raise UserError(f"opset {self.opset!r} is not supported: FP8 Q/DQ needs 19..23")
         for pattern in list(self.exclude) + list(self.nodes):

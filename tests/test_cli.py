@@ -156,6 +156,9 @@ def test_bad_recipe(workdir):
     r.write_text(json.dumps({"formatt": "e4m3"}))
     assert_clean_error(run(str(workdir / "in.onnx"), "-o", str(workdir / "o.onnx"), "--calib", CALIB,
                            "--recipe", str(r)), "formatt")
+    r.write_text(json.dumps({"pow2_scales": "false"}))  # a string, which Python would read as true
+    assert_clean_error(run(str(workdir / "in.onnx"), "-o", str(workdir / "o.onnx"), "--calib", CALIB,
+                           "--recipe", str(r)), "'pow2_scales' must be true or false")
 
 
 def test_debug_shows_traceback_and_dumps_passes(workdir):

@@ -9,6 +9,7 @@ from fp8onnx import schemes
 from fp8onnx.graph import GraphIndex
 from fp8onnx.pattern import PNode, Pattern, match_at
 from fp8onnx.planner import plan_quantization
+from fp8onnx.errors import UserError
 from fp8onnx.recipe import Recipe
 
 
@@ -276,3 +277,14 @@ def test_extended_skips_what_deployment_fuses_into_a_conv():
     # the standard scheme never had these units
     std = units(plan_quantization(m, Recipe()))
     assert not {"bias_add", "bn_conv", "residual", "bn_alone", "shared_add"} & set(std)
+
+
+def test_recipe_switches_take_bools_only():
+    """A JSON string "false" would read as true in Python: switches take true/false (also
+    numpy bools and 0/1 from Python code, stored as bools) and refuse anything else."""
+    r = Recipe.from_dict({"keep_first": 1, "saturate": np.bool_(True), "pow2_scales": False})
+    assert (r.keep_first, r.saturate, r.pow2_scales) == (True, True, False)
+    assert all(type(getattr(r, k)) is bool for k in ("keep_first", "saturate", "pow2_scales"))
+    for key, bad in (("pow2_scales", "false"), ("bn_calib", 2), ("dynamic", None)):
+        with pytest.raises(UserError, match=f"recipe key '{key}' must be true or false"):
+            Recipe.from_dict({key: bad})
