@@ -47,8 +47,9 @@ _ReleaseMayInplace = ctypes.CFUNCTYPE(None, _P, _P)
 _InferShape = ctypes.CFUNCTYPE(_P, _P, _P)
 # Ops whose output may reuse the input's buffer, as (input, output) index pairs: the
 # FakeQuant loops read x[i] before writing y[i] and nothing else, so y may be x. ONNX
-# Runtime then writes in place when nothing else reads x, which saves an allocation and
-# a second buffer's worth of cache traffic per activation.
+# Runtime then writes in place when nothing else reads x and it knows that x and y have
+# the same shape (hence _Op._infer_shape), which saves an allocation and a second
+# buffer's worth of cache traffic per activation.
 _MAY_INPLACE = {FAKE_QUANT: ((0, 0),)}
 
 
@@ -123,8 +124,9 @@ class _Op:
             api = self.api
             info = ctypes.c_void_p()
             status = api.ShapeInferContext_GetInputTypeShape(context, 0, ctypes.byref(info))
-            if status:
-                return status
+            if status:  # no shape to give: inference is optional, so not an error
+                api.ReleaseStatus(status)
+                return None
             # ``info`` belongs to the context: not released here.
             rank = api.out(api.GetDimensionsCount, info.value, ctype=c_size_t)
             if rank == 0:  # a scalar and an unknown rank look alike here: say nothing
