@@ -65,23 +65,20 @@ def _row_loop(inplace):
             src = out  # not x: x may be typed read-only
         else:
             src = x
-        # y = x * (1/scale) is x / scale bit for bit when the scale is a power of two (both
-        # are the rounded exact quotient), and the loop is then ~20% faster: the division
-        # bounds it. LLVM unswitches the loop-invariant test into two loops.
         pow2 = _is_pow2(scale)
         inv = np.float32(1.0) / scale
         if fmt_id == INT8_ID:
             for i in range(out.size):
-                out[i] = _round_int8(src[i] * inv if pow2 else src[i] / scale) * scale
+                out[i] = _round_int8(_quotient(src[i], scale, inv, pow2)) * scale
         else:
             emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
             if ovf == fmax and zsign != 0 and lo_band == hi_band:
                 for i in range(out.size):
-                    out[i] = _fq_float_sat(src[i] * inv if pow2 else src[i] / scale, scale, emin_bits,
+                    out[i] = _fq_float_sat(_quotient(src[i], scale, inv, pow2), scale, emin_bits,
                                            emax_bits, c_add, fmax, nan)
                 return
             for i in range(out.size):
-                out[i] = _fq_float(src[i] * inv if pow2 else src[i] / scale, scale, emin_bits,
+                out[i] = _fq_float(_quotient(src[i], scale, inv, pow2), scale, emin_bits,
                                    emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
 
     return loop
@@ -96,6 +93,14 @@ def _fq_row(x, out, scale, fmt_id, p):
         _fq_row_inplace(x, out, scale, fmt_id, p)
     else:
         _fq_row_apart(x, out, scale, fmt_id, p)
+
+
+@njit(inline="always", **_JIT)
+def _quotient(v, scale, inv, pow2):
+    """``v / scale``, as ``v * inv`` (inv = 1/scale) when the scale is a power of two: then
+    both are the rounded exact quotient, bit for bit, and the loop is ~20% faster (the
+    division bounds it). ``pow2`` is loop-invariant, so LLVM unswitches it into two loops."""
+    return v * inv if pow2 else v / scale
 
 
 @njit(**_JIT)
