@@ -17,18 +17,19 @@ model vs emulated E3M4 and E4M3 (``emit="emulate"``: FakeQuant activations, fold
 weights; also E3M4 with ``blocked_fake_quant=False``, the FakeQuants reordered out of
 and back into onnxruntime's NCHWc layout around every Conv, and E3M4 with power-of-two
 scales, ``--pow2-scales``, where FakeQuant multiplies by the exact reciprocal) vs
-onnxruntime's own E4M3 QDQ model (``emit="qdq"`` in an onnxruntime session, with the FP8-unsafe rewrites off
-so that it computes the right thing), at 1 and 2 threads. Each repeat runs every
-variant once, in turn, in an order rotated each repeat (several calls per sample for
-small models); the figure is the median over repeats of time / float time of the same
-repeat. The float model also runs in fp8onnx's session (``wall/float(fp8onnx)`` is
-relative to it): that session drives the wheel's libonnxruntime, a second copy of ONNX
-Runtime beside the one linked into onnxruntime's Python module, and alternating
-between the two cost it ~40 us per call on the digits CNN (13 us when run alone). ``--profile`` adds each
-variant's Reorder node count and the FakeQuant/Conv kernel time (onnxruntime profiler),
-and where FakeQuant's time goes: ns per element on tensors of 256K elements or more
-(memory bandwidth: a copy costs about the same) and the time per call on tensors under
-1K elements (onnxruntime's per-node cost, as for its own tiny ops).
+onnxruntime's own E4M3 QDQ model (``emit="qdq"`` in an onnxruntime session, with the
+FP8-unsafe rewrites off so that it computes the right thing), at 1 and 2 threads. Each
+repeat runs every variant once, in turn, in an order rotated each repeat
+(tools/_timing.py; several calls per sample for small models); the figure is the median
+over repeats of time / float time of the same repeat. The float model also runs in
+fp8onnx's session (``wall/float(fp8onnx)`` is relative to it): that session drives the
+wheel's libonnxruntime, a second copy of ONNX Runtime beside the one linked into
+onnxruntime's Python module, and alternating between the two cost it ~40 us per call on
+the digits CNN (13 us when run alone). ``--profile`` adds each variant's Reorder node
+count and the FakeQuant/Conv kernel time (onnxruntime profiler), and where FakeQuant's
+time goes: ns per element on tensors of 256K elements or more (memory bandwidth: a copy
+costs about the same) and the time per call on tensors under 1K elements (onnxruntime's
+per-node cost, as for its own tiny ops).
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
     python tools/bench_runtime.py --elements 4194304 --repeats 7
@@ -55,6 +56,23 @@ from onnx import helper
 
 from fp8onnx import formats
 from fp8onnx.runtime import InferenceSession, ops
+
+
+def _sibling(name):
+    """tools/<name>.py, loaded by file path (once) as ``fp8onnx_tools_<name>``, the way the
+    tools load each other."""
+    import importlib.util
+
+    key = f"fp8onnx_tools_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, os.path.join(_HERE, f"{name}.py"))
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+_timing = _sibling("_timing")
+
 
 FMT = "e4m3"
 
@@ -347,28 +365,21 @@ def ratio_medians(sessions, feed, repeats):
     CPU time (``time.thread_time``) leaves out the time the OS gave to other processes:
     on a shared machine that ratio is the steadier one; with more threads only the wall
     ratio means anything. The fastest-run ratio shows what a quiet machine would see
-    (other processes only ever add time).
+    (other processes only ever add time). The repeats are tools/_timing.py's rounds,
+    shared with tools/coverage_worker.py: the order rotates each repeat (the slot right
+    after another session's run was measured slower for any session placed there).
     """
-    fns = [lambda s=s: s.run(None, feed) for s in sessions.values()]
+    fns = [_timing.session_call(s, feed) for s in sessions.values()]
     for fn in fns:
         for _ in range(3):
             fn()  # warm up: compile, arena growth, pre-packing
     t = time.perf_counter()
     fns[0]()
     # Short samples (~3 ms): a time slice lost to another process spoils few of them.
-    inner = max(1, int(0.003 / max(time.perf_counter() - t, 1e-6)))
-    wall = [[] for _ in fns]
-    cpu = [[] for _ in fns]
-    for rep in range(repeats):
-        # Rotate the order each repeat: the slot right after another session's run was
-        # measured slower for any session placed there (caches, thread-pool wake-up).
-        for k in range(len(fns)):
-            i = (k + rep) % len(fns)
-            t, tc = time.perf_counter(), time.thread_time()
-            for _ in range(inner):
-                fns[i]()
-            cpu[i].append((time.thread_time() - tc) / inner)
-            wall[i].append((time.perf_counter() - t) / inner)
+    inner = _timing.runs_per_sample(time.perf_counter() - t, 0.003)
+    rounds = _timing.rotated_rounds(fns, repeats, inner, (time.perf_counter, time.thread_time))
+    wall = [[per[i][0] for per in rounds] for i in range(len(fns))]
+    cpu = [[per[i][1] for per in rounds] for i in range(len(fns))]
     return [(statistics.median(w), statistics.median(a / b for a, b in zip(w, wall[0])),
              statistics.median(a / b for a, b in zip(c, cpu[0])), min(w) / min(wall[0]),
              statistics.median(a / b for a, b in zip(w, wall[1])))

@@ -33,6 +33,22 @@ _TOOLS = Path(__file__).resolve().parent
 # keep tools/ off sys.path: a script here must not shadow an installed package (Numba imports coverage).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _TOOLS]
 
+
+def _sibling(name: str):
+    """tools/<name>.py, loaded by file path (once) as ``fp8onnx_tools_<name>``, the way the
+    tools load each other."""
+    import importlib.util
+
+    key = f"fp8onnx_tools_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, _TOOLS / f"{name}.py")
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+_timing = _sibling("_timing")
+
 #: Numba kernels are cached on disk, but the first call in a process still loads them;
 #: a tiny warm-up compile keeps that one-off cost out of the timed compile.
 _WARMED = False
@@ -51,13 +67,12 @@ def _rss_mb() -> float:
 
 
 def _median_run_s(session, feed, repeat: int = 5) -> float:
-    names = {i.name for i in session.get_inputs()}
-    feed = {k: v for k, v in feed.items() if k in names}  # a specialized model takes fewer inputs
-    session.run(None, feed)  # warm-up: allocations, lazy kernel loading
+    run = _timing.session_call(session, feed, own_inputs=True)  # a specialized model takes fewer inputs
+    run()  # warm-up: allocations, lazy kernel loading
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        session.run(None, feed)
+        run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -73,31 +88,21 @@ def side_by_side(sessions, feed, *, budget_s: float = 3.0, min_rounds: int = 3, 
     jobs, at different load, read ours as ~3x FP32 on PP-OCR rec/det; tools/bench_runtime.py
     measures 1.03-1.05x side by side.) A sample repeats a run until it lasts about 20 ms;
     rounds fill ``budget_s`` within ``min_rounds``..``max_rounds``, at least 3 rounds of one
-    run each on a large model.
+    run each on a large model. The rounds themselves are tools/_timing.py's, shared with
+    tools/bench_runtime.py (its rotation is this alternation for two sessions).
     Returns {"ratio", "rounds_s": [[s0, s1], ...] (seconds per run), "inner"}.
     """
-    fns = []
-    for sess in sessions:
-        names = {i.name for i in sess.get_inputs()}
-        f = {k: v for k, v in feed.items() if k in names}  # a specialized model takes fewer inputs
-        fns.append(lambda sess=sess, f=f: sess.run(None, f))
+    # a specialized model takes fewer inputs
+    fns = [_timing.session_call(sess, feed, own_inputs=True) for sess in sessions]
     once = []
     for fn in fns:
         fn()  # warm-up: allocations, lazy kernel loading, pre-packing
         t = clock()
         fn()
         once.append(clock() - t)
-    inner = max(1, int(0.02 / max(min(once), 1e-6)))
+    inner = _timing.runs_per_sample(min(once), 0.02)
     rounds = int(min(max_rounds, max(min_rounds, budget_s / max(inner * sum(once), 1e-9))))
-    times = []
-    for r in range(rounds):
-        per = [0.0] * len(fns)
-        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
-            t = clock()
-            for _ in range(inner):
-                fns[i]()
-            per[i] = (clock() - t) / inner
-        times.append(per)
+    times = [[s for (s,) in per] for per in _timing.rotated_rounds(fns, rounds, inner, (clock,))]
     return {"ratio": statistics.median(b / a for a, b in times), "rounds_s": times, "inner": inner}
 
 
