@@ -112,6 +112,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     instruments = [timing] + ([DumpAfter(dump_dir)] if dump_dir else [])
     work = prepare(work, opset=recipe.opset, instruments=instruments, skip=skip, fix_inputs=recipe.fix_inputs)
     plan = plan_quantization(work, recipe)
+    _check_precision(plan)
     clip = recipe.weight_calib_method != "max"
     if clip and recipe.bn_calib:
         # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
@@ -270,6 +271,18 @@ class _WithoutFixedInputs(_calib.CalibrationSource):
                                     f"{value!r}: drop it from the feeds or fix it to the value they hold")
             yield ({k: v for k, v in feed.items() if k not in self.fixed}, f"feed {i}", i,
                    self.inner.samples_in(feed))
+
+
+def _check_precision(plan: Plan) -> None:
+    """A model computing in float16 (or bfloat16, double) has nothing the compiler can
+    quantize: say so, rather than write the model back unchanged."""
+    if any(d.activation_uses or d.weight_uses for d in plan.units):
+        return
+    held = next((d for d in plan.units if d.precision), None)
+    if held is not None:
+        raise UserError(f"nothing to quantize: the model computes in {held.precision} ({held.op_type} "
+                        f"{held.node!r}: {'; '.join(held.notes)}): fp8onnx quantizes float32 models, so give "
+                        f"it the float32 model (FP8 weights replace {held.precision.lower()} ones anyway)")
 
 
 def _check(model: onnx.ModelProto) -> None:

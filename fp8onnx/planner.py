@@ -51,6 +51,8 @@ class UnitDecision:
     weight_uses: List[Use] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     position: int = 0  # index of the anchor in its graph, for ordering
+    #: Element type (e.g. "FLOAT16") of a tensor left float for not being float32, if any.
+    precision: Optional[str] = None
     graph: Optional[onnx.GraphProto] = field(default=None, repr=False, compare=False)
 
     @property
@@ -184,7 +186,8 @@ def _decide(spec, m, path, graph, index, recipe) -> UnitDecision:
                     continue
                 etype = index.elem_type(tensor)
                 if etype is not None and etype not in _QUANTIZABLE_ACT_TYPES:
-                    d.notes.append(f"activation {tensor!r} is {TensorProto.DataType.Name(etype)}, not float32")
+                    d.precision = TensorProto.DataType.Name(etype)
+                    d.notes.append(f"activation {tensor!r} is {d.precision}, not float32")
                     continue
                 for node in m.nodes.values():
                     for i, name in enumerate(node.input):
@@ -193,6 +196,12 @@ def _decide(spec, m, path, graph, index, recipe) -> UnitDecision:
     if wfmt:
         for w in spec.weights:
             tensor = m.vars[w.var]
+            etype = index.initializers[tensor].data_type
+            if etype != TensorProto.FLOAT:
+                # Its DequantizeLinear would give float32 beside the node's other inputs.
+                d.precision = TensorProto.DataType.Name(etype)
+                d.notes.append(f"weight {tensor!r} is {d.precision}, not float32")
+                continue
             rank = len(index.initializers[tensor].dims)
             axis = _schemes.weight_axis(w, anchor, rank)
             for i, name in enumerate(anchor.input):

@@ -127,6 +127,19 @@ def test_output_equals_input_and_input_untouched(workdir):
     assert src.read_bytes() == before
 
 
+def test_float16_model_is_refused_with_the_fix(workdir):
+    # onnxruntime's own converter makes the float16 model a user would hold.
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src = workdir / "half.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(CNN), keep_io_types=True), str(src))
+    before = src.read_bytes()
+    out = str(workdir / "o.onnx")
+    assert_clean_error(run(str(src), "-o", out, "--calib", CALIB), "nothing to quantize", "FLOAT16",
+                       "'conv1.weight'", "give it the float32 model", out=out)
+    assert src.read_bytes() == before
+
+
 def test_output_folder_missing(workdir):
     assert_clean_error(run(str(workdir / "in.onnx"), "-o", str(workdir / "no" / "o.onnx"), "--calib", CALIB),
                        "does not exist")

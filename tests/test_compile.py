@@ -168,6 +168,26 @@ def test_missing_calibration_names_the_choices():
         compile_model(CNN)
 
 
+def test_float16_layers_of_a_mixed_model_stay_float_with_the_reason():
+    # onnxruntime's converter: float16 inside, conv1 and fc2 (and the I/O) kept float32.
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    mixed = convert_float_to_float16(onnx.load(CNN), keep_io_types=True, node_block_list=["conv1", "fc2"])
+    res = compile_model(mixed, calibration=CALIB)
+    onnx.checker.check_model(res.model, full_check=True)
+    status = {d.node: d for d in res.plan.units}
+    assert {n for n, d in status.items() if d.status == "quantized"} == {"conv1", "fc2"}
+    for n in ("conv2", "conv3", "fc1"):
+        assert status[n].status == "float" and status[n].precision == "FLOAT16"
+        assert any("FLOAT16, not float32" in note for note in status[n].notes), status[n].notes
+    # conv1's weight is FP8 now; the float16 weights are untouched.
+    inits = {t.name: t for t in res.model.graph.initializer}
+    assert inits["conv2.weight"].data_type == TensorProto.FLOAT16
+    assert "conv1.weight" not in inits
+    acc = accuracy(B.ort_run(res.model, {"input": TEST["input"]}))
+    assert acc >= accuracy(B.ort_run(mixed, {"input": TEST["input"]})) - 0.02
+
+
 def test_weights_only_model_needs_no_calibration():
     m = B.model([helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed")],
                 [B.vi("ids", [3], TensorProto.INT64)], [B.vi("emb", [3, 4])],
