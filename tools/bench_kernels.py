@@ -15,6 +15,15 @@ thread and on all threads, the median ns/element of:
 Ratios: ORT / ours, ml_dtypes / ours, ours / copy. Usage::
 
     python tools/bench_kernels.py [--size 16777216] [--reps 9] [--threads 1 2]
+    python tools/bench_kernels.py --activation-sizes [--formats e3m4]
+
+``--activation-sizes`` instead asks where an emulated CNN's FakeQuant time goes: in
+place, on one thread, at the sizes of MobileNetV2's activations (75K-1.2M elements,
+cache-resident or nearly), fake-quant with a calibrated scale (the loop divides, as
+onnxruntime's QuantizeLinear does, to stay bit-exact) and with a power-of-two scale (it
+multiplies by the exact reciprocal: ``--pow2-scales``) beside an in-place ``x *= 1`` pass,
+the floor of any read-modify-write loop. Compare the vector widths the JIT may use with
+``NUMBA_CPU_FEATURES`` (e.g. the host's features plus ``-prefer-256-bit`` on AVX-512).
 
 (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors here, do not affect these
 loops: none of them calls BLAS.)
@@ -103,7 +112,11 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--formats", nargs="+", default=list(formats.FORMATS))
+    ap.add_argument("--activation-sizes", action="store_true",
+                    help="in-place fake-quant at activation sizes: division vs power-of-two scale vs x *= 1")
     args = ap.parse_args(argv)
+    if args.activation_sizes:
+        return activation_sizes(args.formats, max(args.reps, 51))
 
     import numba
 
@@ -146,6 +159,36 @@ def main(argv=None):
         ort_r = "n/a" if np.isnan(o) else f"{o / ours:.1f}x"
         print(f"| {name} | {scheme} | {th} | {ours:.3f} | {ort_s} | {m:.3f} | {c:.3f} | "
               f"{ort_r} | {m / ours:.1f}x | {ours / c:.2f} |")
+
+
+def activation_sizes(names, reps):
+    """In-place ns/element on one thread: exact scale, power-of-two scale, ``x *= 1``."""
+    import numba
+
+    numba.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print(f"in-place fake_quant per tensor, one thread, median of {reps} interleaved runs, ns/element\n")
+    print("| format | elements | exact scale (divides) | power-of-two scale (multiplies) | x *= 1 | "
+          "exact / pow2 | exact / x*=1 |")
+    print("|" + "---|" * 7)
+    for name in names:
+        f = formats.get(name)
+        if not f.is_float:
+            continue
+        for n in (75_264, 401_408, 1_204_224):  # 28x28x96, 112x112x32, 112x112x96
+            y = (rng.standard_normal(n) * 3).astype(np.float32)
+            exact = np.float32(f.scale_for(np.float32(11.3)))  # a calibrated scale: not a power of two
+            pow2 = np.float32(2.0 ** np.ceil(np.log2(exact)))
+            # One array serves all three in place: the loops are branch-free, so their time
+            # does not depend on the values (which stay far from float32 subnormals).
+            t = interleaved_ns({
+                "exact": lambda: kernels.fake_quant(f, y, exact, out=y),
+                "pow2": lambda: kernels.fake_quant(f, y, pow2, out=y),
+                "pass": lambda: np.multiply(y, np.float32(1.0), out=y),
+            }, n, reps)
+            print(f"| {name} | {n} | {t['exact']:.3f} | {t['pow2']:.3f} | {t['pass']:.3f} | "
+                  f"{t['exact'] / t['pow2']:.2f} | {t['exact'] / t['pass']:.1f} |")
+    return 0
 
 
 if __name__ == "__main__":
