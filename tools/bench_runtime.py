@@ -327,11 +327,25 @@ def zoo_variants(name):
     return feed, out
 
 
+#: Part 3's sessions: label and tag (the file name of its profile and optimized model).
+ZOO_TAGS = {
+    "float (onnxruntime)": "float",
+    "float (fp8onnx session)": "float_fp8onnx",
+    "E3M4 emulated": "e3m4",
+    "E4M3 emulated": "e4m3",
+    "E3M4 emulated, NCHWc reorders kept": "e3m4_reorders",
+    "E3M4 emulated, pow2 scales": "e3m4_pow2",
+    "E4M3 QDQ (onnxruntime)": "qdq",
+}
+
+
 def zoo_sessions(models, threads, profile_dir=None):
-    """{label: session}: the float model in onnxruntime, the rest as described in Part 3."""
+    """{label: session}: the float model in onnxruntime, the rest as described in Part 3,
+    in the order of :data:`ZOO_TAGS`."""
     from fp8onnx.runtime import FP8_UNSAFE_OPTIMIZERS
 
-    def so(tag):
+    def so(label):
+        tag = ZOO_TAGS[label]
         o = options(threads)
         if profile_dir:
             o.enable_profiling = True
@@ -339,21 +353,22 @@ def zoo_sessions(models, threads, profile_dir=None):
             o.optimized_model_filepath = os.path.join(profile_dir, f"{tag}.onnx")
         return o
 
-    def ort_session(model, tag):
-        return ort.InferenceSession(model.SerializeToString(), so(tag), providers=["CPUExecutionProvider"],
+    def ort_session(model, label):
+        return ort.InferenceSession(model.SerializeToString(), so(label), providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(FP8_UNSAFE_OPTIMIZERS))
 
-    return {
-        "float (onnxruntime)": ort_session(models["float"], "float"),
-        "float (fp8onnx session)": InferenceSession(models["float"], so("float_fp8onnx")),
-        "E3M4 emulated": InferenceSession(models["e3m4 emulate"], so("e3m4")),
-        "E4M3 emulated": InferenceSession(models["e4m3 emulate"], so("e4m3")),
-        "E3M4 emulated, NCHWc reorders kept": InferenceSession(models["e3m4 emulate"], so("e3m4_reorders"),
-                                                               blocked_fake_quant=False),
+    made = {
+        "float (onnxruntime)": lambda k: ort_session(models["float"], k),
+        "float (fp8onnx session)": lambda k: InferenceSession(models["float"], so(k)),
+        "E3M4 emulated": lambda k: InferenceSession(models["e3m4 emulate"], so(k)),
+        "E4M3 emulated": lambda k: InferenceSession(models["e4m3 emulate"], so(k)),
+        "E3M4 emulated, NCHWc reorders kept": lambda k: InferenceSession(models["e3m4 emulate"], so(k),
+                                                                         blocked_fake_quant=False),
         # Power-of-two scales: FakeQuant multiplies by the exact reciprocal instead of dividing.
-        "E3M4 emulated, pow2 scales": InferenceSession(models["e3m4 emulate pow2"], so("e3m4_pow2")),
-        "E4M3 QDQ (onnxruntime)": ort_session(models["e4m3 qdq"], "qdq"),
+        "E3M4 emulated, pow2 scales": lambda k: InferenceSession(models["e3m4 emulate pow2"], so(k)),
+        "E4M3 QDQ (onnxruntime)": lambda k: ort_session(models["e4m3 qdq"], k),
     }
+    return {label: made[label](label) for label in ZOO_TAGS}
 
 
 def ratio_medians(sessions, feed, repeats):
@@ -462,10 +477,10 @@ def part3(names, threads_list, repeats, profile):
             if profile:  # separate sessions: the profiler's own cost stays out of the timings
                 with tempfile.TemporaryDirectory() as tmp:
                     profiled = zoo_sessions(models, threads, tmp)
-                    for (label, sess), tag in zip(profiled.items(), ("float", "float_fp8onnx", "e3m4", "e4m3", "e3m4_reorders", "qdq")):
+                    for label, sess in profiled.items():
                         for _ in range(10):
                             sess.run(None, feed)
-                        profile_line(label, sess, tmp, tag)
+                        profile_line(label, sess, tmp, ZOO_TAGS[label])
 
 
 def main(argv=None):
