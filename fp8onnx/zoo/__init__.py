@@ -26,6 +26,8 @@ ppocr_rec          PP-OCRv4 rec (rapidocr)     CPython doc prose, rendered      
 ppocr_cls          PP-OCR cls (rapidocr)       rendered lines, half upside down label agreement
 nudenet_yolov8n    YOLOv8n (nudenet)           scikit-image photos, LFW faces   box F1 vs FP32
 minilm_l6          all-MiniLM-L6-v2 (gt-...)   CPython doc sentences            cosine vs FP32
+minilm_l3          paraphrase-MiniLM-L3-v2     CPython doc sentences            cosine vs FP32
+                   (vital-model-...)
 mobilenet_v2       ImageNet MobileNetV2 (fdet) scikit-image photos, 10 views    top-1 agreement
 magika_v3          Magika file types (magika)  stdlib + dev-extra package files top-1 acc. vs extension
 silero_vad         Silero VAD, LSTM (silero..) espeak-ng prose + real sounds    speech F1 vs FP32
@@ -50,6 +52,7 @@ from .base import (ORT_FP8_UNSAFE, Feeds, ModelLike, SessionFactory, ZooEntry, Z
 from .digits import digits_entries
 from .ocr import ocr_entries
 from .minilm import minilm_entries
+from .minilm_l3 import minilm_l3_entries
 from .mobilenet import mobilenet_entries
 from .yolo import yolo_entries
 from .magika import magika_entries
@@ -68,8 +71,9 @@ def _registry() -> Dict[str, ZooEntry]:
     # Built on each call: entries hold caches (models, FP32 references), none is module state.
     out: Dict[str, ZooEntry] = {}
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
-                  + mobilenet_entries() + magika_entries() + vad_entries() + lac_entries()
-                  + dddd_entries() + orientation_entries() + ppocrv6_entries() + layout_entries()):
+                  + minilm_l3_entries() + mobilenet_entries() + magika_entries() + vad_entries()
+                  + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
+                  + layout_entries()):
         out[entry.name] = entry
     return out
 
