@@ -123,6 +123,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     tensors = plan.activation_tensors()
     calib_seconds = 0.0
     bn_corrections = None
+    bn_stats = None
     needs_data = (tensors and not recipe.dynamic) or recipe.bn_calib
     src = None
     if needs_data:
@@ -141,7 +142,9 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
-        bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode, pow2_scales=recipe.pow2_scales)
+        # The staged run also gathers the activation statistics: one pass over the data fewer.
+        bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode, pow2_scales=recipe.pow2_scales,
+                                  probes=tensors if not recipe.dynamic else ())
         work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
         bn_corrections = {"seconds": round(bn.seconds, 3), "passes": bn.passes_run, "layers": bn.corrections,
                           "skipped": [list(x) for x in bn.skipped],
@@ -150,9 +153,11 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
                           "store_peak_mb": round(bn.store_peak / 2**20, 1),
                           "spill_peak_mb": round(bn.spill_peak / 2**20, 1)}
         plan = plan_quantization(work, recipe)  # the pass edited weights and nodes: plan afresh
+        bn_stats = bn.stats
     if tensors and not recipe.dynamic:
         tc = time.perf_counter()
-        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache)
+        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache,
+                                       known=bn_stats)
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
     if clip:

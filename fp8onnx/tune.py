@@ -151,7 +151,8 @@ class _Tuner:
         t0 = time.perf_counter()
         recipe = _merge(self.base, delta)
         # BatchNorm calibration changes the float model the statistics belong to (the cache
-        # would refuse it), and each such trial changes it differently: collect afresh.
+        # would refuse it), and each such trial changes it differently: its staged run
+        # measures the statistics of its own corrected model.
         cache = None if recipe.get("bn_calib") else self.cache
         res = compile_model(self.model, recipe=recipe, calibration=self.calibration, samples=self.calib_samples,
                             calib_cache=cache, **self.options)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fp8onnx.calibration.moments import ChannelMoments, PairMoments
 from fp8onnx.calibration.stages import DEFAULT_STORE_BUDGET, CutStore, node_reads, plan_stages
+from fp8onnx.calibration.stats import TensorStats
 from fp8onnx.graph import GraphIndex, NameAllocator, remove_unused
 
 from ._bn_targets import Target
@@ -71,14 +72,38 @@ class StagedMeasure:
     """
 
     def __init__(self, model, targets: List[Target], providers, *, budget: int = DEFAULT_STORE_BUDGET,
-                 progress=None):
+                 progress=None, probes: Sequence[str] = ()):
         self.graph, self.targets, self.providers = model.graph, targets, providers
         self.opset = list(model.opset_import)
         self.ir_version = model.ir_version
         self.functions = list(model.functions)  # model-local functions the nodes may call
         self.budget, self.progress = budget, progress
         self.index = GraphIndex(model.graph)
-        self.stages = plan_stages(model.graph, [t.out for t in targets])
+        outs = [t.out for t in targets]
+        self.stages = plan_stages(model.graph, outs)
+        # Activation statistics of the corrected FP8-weight model, which is what the
+        # compiler's calibration would otherwise run once more: graph inputs from the feeds,
+        # node outputs where a stage computes them, the rest in stages after the last layer.
+        produced = {o: k for k, st in enumerate(self.stages) for i in st.nodes for o in self.graph.node[i].output}
+        position = {o: i for i, n in enumerate(self.graph.node) for o in n.output}
+        tail = sorted((p for p in dict.fromkeys(probes) if p not in produced and p in position),
+                      key=position.__getitem__)
+        if tail:
+            self.stages = plan_stages(model.graph, outs + tail)
+            produced = {o: k for k, st in enumerate(self.stages) for i in st.nodes
+                        for o in self.graph.node[i].output}
+        self.probe_inputs = [p for p in dict.fromkeys(probes) if p in self.index.graph_inputs]
+        self.probes_at: Dict[int, List[str]] = {}
+        for p in dict.fromkeys(probes):
+            if p in produced:
+                self.probes_at.setdefault(produced[p], []).append(p)
+        for k, t in enumerate(targets):  # a corrected output is observed from the store
+            if t.kind == "folded" and t.out in self.probes_at.get(k, ()) and t.out not in self.stages[k].keep:
+                self.stages[k].keep.append(t.out)
+        # The float side runs in the layers' stages only: it stores what those read.
+        self.float_reads = {n for st in self.stages[:len(targets)] for n in st.inputs}
+        #: TensorStats by probe name, filled by :meth:`run` (float tensors only).
+        self.stats: Dict[str, TensorStats] = {}
         self.dtypes: Dict[str, int] = {}  # element type and rank of each stored tensor, as produced
         self.ranks: Dict[str, int] = {}
         self.peak_store = 0
@@ -86,7 +111,7 @@ class StagedMeasure:
         self.peak_disk = 0
 
     # -- stage models -------------------------------------------------------------------
-    def _model(self, stage, overrides: Dict[str, np.ndarray], affine: Dict[str, tuple]):
+    def _model(self, stage, fetch: List[str], overrides: Dict[str, np.ndarray], affine: Dict[str, tuple]):
         """The stage's nodes as a model. ``affine`` maps a stage input to the per-channel
         ``(a, c)`` correcting it: the input then arrives as ``RAW + name`` and a Mul and an
         Add in the session compute ``a * x + c`` (onnxruntime's threads, no numpy copy)."""
@@ -108,19 +133,18 @@ class StagedMeasure:
                                                  or TensorProto.FLOAT, None)
 
         inputs = [vi(n, RAW + n if n in affine else n) for n in stage.feeds + stage.inputs]
-        outputs = [vi(n) for n in self._fetch(stage)]
+        outputs = [vi(n) for n in fetch]
         graph = helper.make_graph(pre + nodes, f"stage_{stage.out}", inputs, outputs, initializer=inits)
         return helper.make_model(graph, opset_imports=self.opset, ir_version=self.ir_version,
                                  functions=self.functions)
 
-    @staticmethod
-    def _fetch(stage) -> List[str]:
-        return sorted(set(stage.keep) | {stage.out})
+    def _fetch(self, stage, k: int) -> List[str]:
+        return sorted(set(stage.keep) | {stage.out} | set(self.probes_at.get(k, ())))
 
-    def _overrides(self, t: Target) -> Dict[str, np.ndarray]:
+    def _overrides(self, t: Optional[Target]) -> Dict[str, np.ndarray]:
         """FP8-side parameters: this layer's weight fake-quantized (its own correction is
         not applied yet), kept BNs of the layers above with their corrected statistics."""
-        p = {t.weight: t.fake_quant(t.w0)}
+        p = {t.weight: t.fake_quant(t.w0)} if t is not None else {}
         for u in self.targets:
             if u.kind == "bn-stats" and u is not t:
                 p[u.bn.input[3]], p[u.bn.input[4]] = u.mean, u.var
@@ -128,34 +152,51 @@ class StagedMeasure:
 
     # -- the run ------------------------------------------------------------------------
     def run(self, src, on_layer: Callable[[Target, PairMoments], None]) -> None:
+        """Each stage in turn; a stage after the last layer (``t`` None) only computes
+        probes, on the FP8 side."""
         affine: Dict[str, tuple] = {}  # folded layers done: FP8 output as stored -> (a, c, rank)
         n_feeds = None
+        self.stats = {}
+        inputs_seen = set()
         bar = progress_bar(len(self.stages), self.progress, "bn calibration", "layer")
         with CutStore(self.budget) as store:
-            for stage, t in zip(self.stages, self.targets):
+            for k, stage in enumerate(self.stages):
+                t = self.targets[k] if k < len(self.targets) else None
                 mine = {n: affine[n] for n in stage.inputs if n in affine}
-                fsess = _session(self._model(stage, {}, {}), self.providers)
-                qsess = _session(self._model(stage, self._overrides(t), mine), self.providers)
-                fetch = self._fetch(stage)
-                moments = PairMoments(t.channels)
+                fetch = self._fetch(stage, k)
+                fsess = _session(self._model(stage, fetch, {}, {}), self.providers) if t is not None else None
+                qsess = _session(self._model(stage, fetch, self._overrides(t), mine), self.providers)
+                # A folded layer's own output is observed once corrected, below.
+                deferred = t is not None and t.kind == "folded" and t.out in stage.keep
+                probes = [n for n in self.probes_at.get(k, ()) if not (deferred and n == t.out)]
+                feed_probes = [n for n in self.probe_inputs if n in stage.feeds and n not in inputs_seen]
+                inputs_seen.update(feed_probes)
+                moments = PairMoments(t.channels) if t is not None else None
                 feeds = iter(src) if stage.feeds or n_feeds is None else iter([{}] * n_feeds)
                 i = 0
                 for feed in feeds:
                     f_in = {n: feed[n] for n in stage.feeds}
                     q_in = dict(f_in)
                     for n in stage.inputs:
-                        f_in[n] = store.get(("f", n), i)
+                        if fsess is not None:
+                            f_in[n] = store.get(("f", n), i)
                         q_in[RAW + n if n in mine else n] = store.get(("q", n), i)
-                    yf = dict(zip(fetch, fsess.run(fetch, f_in)))
+                    yf = dict(zip(fetch, fsess.run(fetch, f_in))) if fsess is not None else {}
                     yq = dict(zip(fetch, qsess.run(fetch, q_in)))
                     del f_in, q_in
-                    moments.update(yq[stage.out], yf[stage.out])
+                    if moments is not None:
+                        moments.update(yq[stage.out], yf[stage.out])
+                    for n in feed_probes:
+                        self._observe(n, feed[n])
+                    for n in probes:
+                        self._observe(n, yq[n])
                     for n in stage.keep:
-                        store.put(("f", n), i, yf[n])
+                        if n in self.float_reads:
+                            store.put(("f", n), i, yf[n])
                         store.put(("q", n), i, yq[n])
                         if n not in self.dtypes:
-                            self.dtypes[n] = helper.np_dtype_to_tensor_dtype(yf[n].dtype)
-                            self.ranks[n] = yf[n].ndim
+                            self.dtypes[n] = helper.np_dtype_to_tensor_dtype(yq[n].dtype)
+                            self.ranks[n] = yq[n].ndim
                     for n in stage.free:  # no later stage reads this feed's copy
                         store.drop(("f", n), i)
                         store.drop(("q", n), i)
@@ -163,14 +204,35 @@ class StagedMeasure:
                     i += 1
                 n_feeds = i
                 del fsess, qsess
-                on_layer(t, moments)
-                if t.kind == "folded" and t.out in stage.keep:
+                if t is not None:
+                    on_layer(t, moments)
+                if t is not None and t.kind == "folded" and t.out in stage.keep:
                     affine[t.out] = (t.a, t.b - t.a.astype(np.float64) * t.b0, self.ranks[t.out])
+                if deferred and t.out in self.probes_at.get(k, ()):
+                    self._observe_corrected(store, t.out, affine[t.out], n_feeds)
                 if bar is not None:
                     bar.update(1)
             self.peak_store, self.spilled, self.peak_disk = store.peak, store.spilled, store.peak_disk
         if bar is not None:
             bar.close()
+
+    def _observe(self, name: str, value) -> None:
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            return  # no stats for int or bool tensors, as in calibration
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = TensorStats.empty(name)
+        st.update(value)
+
+    def _observe_corrected(self, store, name: str, corr: tuple, n_feeds: int) -> None:
+        """Stats of a folded layer's output as later stages read it: ``a * y + c`` in
+        float32, the Mul and Add their sessions run."""
+        a, c, rank = corr
+        shape = (-1,) + (1,) * (rank - 2)
+        a32, c32 = a.astype(np.float32).reshape(shape), c.astype(np.float32).reshape(shape)
+        for i in range(n_feeds):
+            self._observe(name, store.get(("q", name), i) * a32 + c32)
 
 
 class FullRunner:

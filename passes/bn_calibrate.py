@@ -47,6 +47,14 @@ without calibration). Use it for shallow models only; its first pass also runs t
 float model, a last one measures the "after" error. Statistics stream per batch in
 float64; memory never holds samples x activations except the cut tensors above.
 
+``probes`` (tensor names) asks the staged run to also keep activation statistics
+(:class:`~fp8onnx.calibration.TensorStats`) of those tensors in the corrected FP8-weight
+model, the model the compiler calibrates next, into ``stats``: the compiler then skips
+that extra pass over the data for every tensor found there. The staged run sees each
+tensor as later stages read it (a folded layer's output through its per-channel
+correction), which equals the written model up to float32 rounding and corrections below
+``tol`` that are not written.
+
 With ``quantized_weights=True`` (default) every processed Conv weight is written back
 already on the FP8 grid, ``fq(W')``: per-channel max scaling maps it to the same codes and
 scales (tested for every format), and the activation calibration that runs next then sees
@@ -115,7 +123,8 @@ class BatchNormCalibration(Pass):
     def __init__(self, plan: Plan, source, *, sequential: bool = True, iterations: int = 2,
                  bn_mode: str = "match", clamp=(0.5, 2.0), tol: float = 1e-4,
                  quantized_weights: bool = True, progress: Optional[bool] = None,
-                 providers=None, store_budget: int = DEFAULT_STORE_BUDGET, pow2_scales: bool = False) -> None:
+                 providers=None, store_budget: int = DEFAULT_STORE_BUDGET, pow2_scales: bool = False,
+                 probes=()) -> None:
         super().__init__()
         if int(iterations) < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -133,6 +142,9 @@ class BatchNormCalibration(Pass):
         self.providers = providers or ["CPUExecutionProvider"]
         self.store_budget = int(store_budget)
         self.pow2 = bool(pow2_scales)
+        self.probes = list(probes)
+        #: Activation statistics of ``probes`` in the corrected model, from the staged run.
+        self.stats: dict = {}
         self.corrections: List[dict] = []
         self.skipped: List[tuple] = []
         self.passes_run = 0
@@ -154,6 +166,7 @@ class BatchNormCalibration(Pass):
     def call(self, model):
         t0 = time.perf_counter()
         self.corrections, self.passes_run, self.store_peak, self.spill_peak = [], 0, 0, 0
+        self.stats = {}
         targets, self.skipped = find_targets(model, self.plan, bn_mode=self.bn_mode, pow2=self.pow2)
         if not targets:
             self.seconds = time.perf_counter() - t0
@@ -190,8 +203,9 @@ class BatchNormCalibration(Pass):
                 t.report["mse_after"] = m.mse(t.a, t.b - t.a.astype(np.float64) * t.b0, 1.0, 0.0)
 
         measure = StagedMeasure(model, targets, self.providers, budget=self.store_budget,
-                                progress=self.progress)
+                                progress=self.progress, probes=self.probes)
         measure.run(src, on_layer)
+        self.stats = measure.stats
         self.passes_run = 1
         self.store_peak, self.spill_peak = measure.peak_store, measure.peak_disk
 

@@ -154,8 +154,9 @@ def test_node_stage_goes_by_sensitivity_and_keeps_only_what_helps(sensitivity):
 
 def test_recipe_stage_tries_whole_recipes_and_keeps_the_best(count_collections):
     """Stage 0 tries each candidate recipe as a whole, in order, until one meets the target;
-    the chosen model is the candidate's own compile (scored independently here), and only a
-    BatchNorm-calibrated trial collects statistics again (its float model differs)."""
+    the chosen model is the candidate's own compile (scored independently here). Statistics
+    are collected once: a BatchNorm-calibrated trial, whose float model differs, gets its
+    own from its staged run instead of a second collection."""
     from fp8onnx.api import compile_model
 
     r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY, base_recipe={"format": "e5m2"},
@@ -175,8 +176,8 @@ def test_recipe_stage_tries_whole_recipes_and_keeps_the_best(count_collections):
         assert kept == [best] and r.loss == best.loss
         assert {k: getattr(r.recipe, k) for k in best.delta} == best.delta
     assert (fp32 - accuracy(r.model)) / fp32 == pytest.approx(r.loss)
-    bn_trials = sum(bool(t.delta.get("bn_calib")) for t in r.history)
-    assert tuner_collections == 1 + bn_trials
+    assert sum(bool(t.delta.get("bn_calib")) for t in r.history) >= 1
+    assert tuner_collections == 1
 
 
 def test_recipe_stage_skips_the_base_and_stops_at_the_target():

@@ -134,17 +134,23 @@ def load_stats(path, model: onnx.ModelProto, *, require=None) -> dict:
 
 
 def collect_or_load(model: onnx.ModelProto, tensor_names: list, source, *,
-                    cache: Optional[str] = None, **collect_kwargs) -> dict:
-    """Stats of ``tensor_names``: from ``cache`` where present, collected otherwise.
+                    cache: Optional[str] = None, known: Optional[dict] = None, **collect_kwargs) -> dict:
+    """Stats of ``tensor_names``: from ``cache`` where present, then from ``known``
+    (stats already measured on this model, e.g. by BatchNorm calibration's staged run),
+    collected otherwise.
 
-    Only the tensors the cache lacks are collected (the source is not touched when the
-    cache has them all); the merged stats are written back to ``cache``. Non-float
-    tensors are absent from the result, as with ``collect_stats``.
+    Only the tensors the cache and ``known`` lack are collected (the source is not
+    touched when they have them all); the merged stats are written back to ``cache``.
+    Non-float tensors are absent from the result, as with ``collect_stats``.
     """
     from .collect import collect_stats
 
     have = load_stats(cache, model) if cache and os.path.exists(cache) else {}
+    fresh = {n: st for n, st in (known or {}).items() if n in tensor_names and n not in have}
+    have.update(fresh)
     need = [n for n in dict.fromkeys(tensor_names) if n not in have]
+    if fresh and not need and cache:
+        save_stats(cache, have, model)
     if need:
         log.info("calibration: collecting %d tensors (%d from cache %s)", len(need),
                  len(tensor_names) - len(need), cache)

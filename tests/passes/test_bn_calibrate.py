@@ -437,3 +437,86 @@ def test_staged_run_is_exact_on_branches_and_skips_in_memory_or_on_disk():
         sf = np.sqrt(vf)
         assert np.max(np.abs(mq - mf) / sf) < 1e-4 and np.max(np.abs(np.sqrt(vq) / sf - 1)) < 1e-4, name
         assert c["mse_after"] == pytest.approx(float(np.mean((yq[name] - yf[name]) ** 2)), rel=1e-3)
+
+
+def _chain_model():
+    """conv1 -> conv2 directly (conv1's corrected output is conv2's activation) -> relu ->
+    conv3 -> flatten -> gemm (after the last Conv: a stage of its own)."""
+    r = B.rng(5)
+    inits = [B.init("w1", r.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)),
+             B.init("b1", r.normal(0.2, 0.3, 4).astype(np.float32)),
+             B.init("w2", r.normal(0, 0.4, (5, 4, 3, 3)).astype(np.float32)),
+             B.init("w3", r.normal(0, 0.4, (3, 5, 1, 1)).astype(np.float32)),
+             B.init("wg", r.normal(0, 0.3, (3 * 64, 7)).astype(np.float32))]
+    pad = dict(pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", **pad),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], name="conv2", **pad),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Flatten", ["c3"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "wg"], ["y"], name="gemm")]
+    return B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("y", ["N", 7])], inits)
+
+
+@pytest.mark.parametrize("case", ["bn kept", "bn folded", "branches, on disk", "conv into conv"])
+def test_staged_run_gathers_the_activation_statistics_of_the_written_model(case):
+    """The stats the staged run keeps for the compiler equal what calibration collects on
+    the model the pass wrote (up to float32 rounding: corrected outputs are read through a
+    per-channel Mul and Add there, a corrected Conv here)."""
+    from fp8onnx.calibration import choose_amax, collect_stats
+
+    budget = 1 << 30
+    if case in ("branches, on disk", "conv into conv"):
+        src_model, budget = (_branchy_model(), 0) if case.startswith("branches") else (_chain_model(), budget)
+        r = B.rng(3)
+        calib = [{"input": r.normal(0.2, 1.0, (n, 3, 8, 8)).astype(np.float32)} for n in (5, 3, 8)]
+    else:
+        src_model = onnx.load("models/digits_cnn.onnx" if case == "bn kept" else "models/digits_cnn_bnfold.onnx")
+        calib = [{"input": calib_x()[i:i + 32]} for i in range(0, 128, 32)]
+    work = prepare(src_model)
+    plan = plan_quantization(work, make_recipe(format="e4m3"))
+    tensors = plan.activation_tensors()
+    p = BatchNormCalibration(plan, calib, progress=False, store_budget=budget, probes=tensors)
+    assert p(work).modified
+    ref = collect_stats(work, tensors, calib, progress=False)
+    assert sorted(p.stats) == sorted(ref) == sorted(tensors)
+    for n, st in p.stats.items():
+        want = ref[n]
+        assert (st.count, st.nan_count, st.inf_count) == (want.count, want.nan_count, want.inf_count), n
+        assert st.amax == pytest.approx(want.amax, rel=1e-5), n
+        for method in ("mse", "percentile"):
+            assert choose_amax(st, method, "e4m3") == pytest.approx(choose_amax(want, method, "e4m3"), rel=1e-4)
+
+
+def test_compile_with_bn_calibration_skips_the_separate_statistics_pass(tmp_path, monkeypatch):
+    import fp8onnx.calibration.collect as collect
+
+    def no_second_pass(model, names, *a, **k):
+        raise AssertionError(f"collected {names} again after BatchNorm calibration")
+
+    cache = str(tmp_path / "stats.npz")
+    monkeypatch.setattr(collect, "collect_stats", no_second_pass)
+    first = compile_model("models/digits_cnn_bnfold.onnx", calibration=CALIB, format="e4m3", bn_calib=True,
+                          calib_cache=cache)
+    # The staged run's stats went to the cache, which the same compile reads back.
+    again = compile_model("models/digits_cnn_bnfold.onnx", calibration=CALIB, format="e4m3", bn_calib=True,
+                          calib_cache=cache)
+    assert first.model.SerializeToString() == again.model.SerializeToString()
+    monkeypatch.undo()
+    # Without the staged run's stats, the separate pass over the written model gives the
+    # same scales to float32 rounding.
+    seen = {}
+    original = BatchNormCalibration.__init__
+
+    def without_probes(self, *a, probes=(), **k):
+        seen["probes"] = list(probes)
+        original(self, *a, **k)
+
+    monkeypatch.setattr(BatchNormCalibration, "__init__", without_probes)
+    ref = compile_model("models/digits_cnn_bnfold.onnx", calibration=CALIB, format="e4m3", bn_calib=True)
+    assert seen["probes"]
+    scales = [{t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("_scale")}
+              for m in (first.model, ref.model)]
+    assert sorted(scales[0]) == sorted(scales[1]) and scales[0]
+    for k in scales[0]:
+        np.testing.assert_allclose(scales[0][k], scales[1][k], rtol=1e-5, err_msg=k)
