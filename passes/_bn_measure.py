@@ -69,6 +69,9 @@ class StagedMeasure:
     already corrected, this one not yet; ``b``: float model); ``on_layer`` updates the
     target's parameters, which the later stages then use. Tensors crossing the cuts live in
     a :class:`CutStore` of ``budget`` bytes (the rest goes to a temporary directory).
+    ``probes``: tensors whose :class:`TensorStats` the FP8 side gathers into ``stats`` as
+    the corrected model computes them; those after the last layer get stages of their own,
+    which run the FP8 side only.
     """
 
     def __init__(self, model, targets: List[Target], providers, *, budget: int = DEFAULT_STORE_BUDGET,
@@ -84,17 +87,16 @@ class StagedMeasure:
         # Activation statistics of the corrected FP8-weight model, which is what the
         # compiler's calibration would otherwise run once more: graph inputs from the feeds,
         # node outputs where a stage computes them, the rest in stages after the last layer.
-        produced = {o: k for k, st in enumerate(self.stages) for i in st.nodes for o in self.graph.node[i].output}
+        probes = list(dict.fromkeys(probes))
         position = {o: i for i, n in enumerate(self.graph.node) for o in n.output}
-        tail = sorted((p for p in dict.fromkeys(probes) if p not in produced and p in position),
-                      key=position.__getitem__)
+        produced = self._produced()
+        tail = sorted((p for p in probes if p not in produced and p in position), key=position.__getitem__)
         if tail:
             self.stages = plan_stages(model.graph, outs + tail)
-            produced = {o: k for k, st in enumerate(self.stages) for i in st.nodes
-                        for o in self.graph.node[i].output}
-        self.probe_inputs = [p for p in dict.fromkeys(probes) if p in self.index.graph_inputs]
+            produced = self._produced()
+        self.probe_inputs = [p for p in probes if p in self.index.graph_inputs]
         self.probes_at: Dict[int, List[str]] = {}
-        for p in dict.fromkeys(probes):
+        for p in probes:
             if p in produced:
                 self.probes_at.setdefault(produced[p], []).append(p)
         for k, t in enumerate(targets):  # a corrected output is observed from the store
@@ -109,6 +111,10 @@ class StagedMeasure:
         self.peak_store = 0
         self.spilled = 0
         self.peak_disk = 0
+
+    def _produced(self) -> Dict[str, int]:
+        """Stage index of every tensor a stage's nodes produce."""
+        return {o: k for k, st in enumerate(self.stages) for i in st.nodes for o in self.graph.node[i].output}
 
     # -- stage models -------------------------------------------------------------------
     def _model(self, stage, fetch: List[str], overrides: Dict[str, np.ndarray], affine: Dict[str, tuple]):
@@ -166,8 +172,8 @@ class StagedMeasure:
                 fetch = self._fetch(stage, k)
                 fsess = _session(self._model(stage, fetch, {}, {}), self.providers) if t is not None else None
                 qsess = _session(self._model(stage, fetch, self._overrides(t), mine), self.providers)
-                # A folded layer's own output is observed once corrected, below.
-                deferred = t is not None and t.kind == "folded" and t.out in stage.keep
+                # A folded layer's own output is observed once corrected (kept: see __init__).
+                deferred = t is not None and t.kind == "folded" and t.out in self.probes_at.get(k, ())
                 probes = [n for n in self.probes_at.get(k, ()) if not (deferred and n == t.out)]
                 feed_probes = [n for n in self.probe_inputs if n in stage.feeds and n not in inputs_seen]
                 inputs_seen.update(feed_probes)
@@ -208,7 +214,7 @@ class StagedMeasure:
                     on_layer(t, moments)
                 if t is not None and t.kind == "folded" and t.out in stage.keep:
                     affine[t.out] = (t.a, t.b - t.a.astype(np.float64) * t.b0, self.ranks[t.out])
-                if deferred and t.out in self.probes_at.get(k, ()):
+                if deferred:
                     self._observe_corrected(store, t.out, affine[t.out], n_feeds)
                 if bar is not None:
                     bar.update(1)
