@@ -78,17 +78,13 @@ FMT = "e4m3"
 
 
 def median_seconds(fns, repeats):
-    """Median seconds of each callable, timed round-robin so that the noise of a shared
-    machine falls on all of them alike."""
+    """Median seconds of each callable over ``repeats`` rounds of one call each, in the
+    shared timer's rotated order (tools/_timing.py), so that the noise of a shared machine
+    and the slot after another callable fall on all of them alike."""
     for fn in fns:
         fn()  # warm up: compile, arena growth, first-touch page faults
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
+    rounds = _timing.rotated_rounds(fns, repeats, inner=1)
+    return [statistics.median(r[i][0] for r in rounds) for i in range(len(fns))]
 
 
 def options(threads=1):
