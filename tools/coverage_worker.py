@@ -145,15 +145,6 @@ def _warm_up() -> float:
     return time.perf_counter() - t0
 
 
-def _load_peer():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fp8onnx_tools_peer_ort", _TOOLS / "peer_ort.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _api_does_bn_calib() -> bool:
     """Whether fp8onnx.compile_model runs BatchNormCalibration for ``bn_calib=True``.
 
@@ -315,7 +306,7 @@ def run_job(spec: dict) -> dict:
             data, factory = q.SerializeToString(), session_for(q)
             runtime = "fp8onnx" if factory is not zoo.ort_session else "ort"
         elif kind == "peer":
-            peer_ort = _load_peer()
+            peer_ort = _sibling("peer_ort")
 
             notes = []
             data = peer_ort.quantize_peer(fp32, calib, variant=spec.get("peer_variant", "default"), notes=notes)
