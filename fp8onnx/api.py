@@ -156,8 +156,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         bn_stats = bn.stats
     if tensors and not recipe.dynamic:
         tc = time.perf_counter()
-        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache,
-                                       known=bn_stats)
+        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache, known=bn_stats)
         calib_seconds = time.perf_counter() - tc
         amax = _activation_ranges(plan, stats, recipe)
     if clip:
