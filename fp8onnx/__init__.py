@@ -43,17 +43,21 @@ from .passinfra import Pass, PassManager, PassResult
 from .planner import plan_quantization
 from .recipe import Recipe
 from .surgeon import GraphSurgeonPass
-from .tune import TuneResult
 
 
 def __getattr__(name):
     # compile, evaluate and tune are CLI modules and API calls at once: the modules are
     # callable (forwarding to the functions). Imported on first use rather than here, so
-    # `python -m fp8onnx.compile` does not find its own module already imported.
+    # `python -m fp8onnx.compile` does not find its own module already imported (runpy
+    # warns then); TuneResult lives in fp8onnx.tune, so it comes the same way.
     if name in ("compile", "evaluate", "tune"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
+    if name == "TuneResult":
+        from .tune import TuneResult
+
+        return TuneResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __version__ = "0.1.0"

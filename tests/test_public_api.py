@@ -50,3 +50,12 @@ def test_passes_resolve_from_a_source_checkout_without_the_editable_finder():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("fp8onnx.passes.insert_qdq ")
+
+
+@pytest.mark.parametrize("cli", ["compile", "evaluate", "tune", "zoo"])
+def test_command_line_modules_start_without_runpy_warnings(cli):
+    # A module that `import fp8onnx` already imported makes `python -m` warn on every run.
+    out = subprocess.run([sys.executable, "-W", "default", "-m", f"fp8onnx.{cli}", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
