@@ -27,9 +27,9 @@ wheel's libonnxruntime, a second copy of ONNX Runtime beside the one linked into
 onnxruntime's Python module, and alternating between the two cost it ~40 us per call on
 the digits CNN (13 us when run alone). ``--profile`` adds each variant's Reorder node
 count and the FakeQuant/Conv kernel time (onnxruntime profiler), and where FakeQuant's
-time goes: ns per element on tensors of 256K elements or more (memory bandwidth: a copy
-costs about the same) and the time per call on tensors under 1K elements (onnxruntime's
-per-node cost, as for its own tiny ops).
+time goes: ns per element on tensors of 256K elements or more (arithmetic: about 3x an
+in-place ``x *= 1`` pass, ``tools/bench_kernels.py --activation-sizes``) and the time per
+call on tensors under 1K elements (onnxruntime's per-node cost, as for its own tiny ops).
 
     python tools/bench_runtime.py            # 16M elements, 15 repeats
     python tools/bench_runtime.py --elements 4194304 --repeats 7
@@ -422,8 +422,8 @@ def profile_line(label, session, profile_dir, tag):
 
 
 def fake_quant_costs(events):
-    """Where FakeQuant time goes: ns per element on large tensors (bandwidth) and the
-    per-call time of tiny ones (onnxruntime's per-node cost), from one profile."""
+    """Where FakeQuant time goes: ns per element on large tensors (the loop's arithmetic)
+    and the per-call time of tiny ones (onnxruntime's per-node cost), from one profile."""
     import collections
     import statistics
 
