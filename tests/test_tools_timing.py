@@ -120,3 +120,12 @@ def test_coverage_worker_side_by_side_reads_the_ratio(slow):
     r = worker.side_by_side([_Session("fp32", 0.125, clocks), _Session("ours", 0.125 * slow, clocks)], {"x": 1},
                             clock=clocks.perf_counter)
     assert r["ratio"] == slow and r["inner"] == 1
+
+
+def test_coverage_worker_side_by_side_takes_a_pair_only():
+    worker = tool_modules.load("coverage_worker")
+    clocks = _Clocks()
+    with pytest.raises(ValueError, match="two sessions, got 3"):
+        worker.side_by_side([_Session(k, 0.125, clocks) for k in ("a", "b", "c")], {"x": 1},
+                            clock=clocks.perf_counter)
+    assert clocks.calls == []  # refused before any run

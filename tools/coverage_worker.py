@@ -92,6 +92,8 @@ def side_by_side(sessions, feed, *, budget_s: float = 3.0, min_rounds: int = 3, 
     tools/bench_runtime.py (its rotation is this alternation for two sessions).
     Returns {"ratio", "rounds_s": [[s0, s1], ...] (seconds per run), "inner"}.
     """
+    if len(sessions) != 2:  # the ratio below is of a pair: say so before timing anything
+        raise ValueError(f"side_by_side compares two sessions, got {len(sessions)}")
     # a specialized model takes fewer inputs
     fns = [_timing.session_call(sess, feed, own_inputs=True) for sess in sessions]
     once = []
