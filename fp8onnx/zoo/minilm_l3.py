@@ -42,6 +42,7 @@ from typing import Iterator, List
 
 import onnx
 
+from ..graph import remove_unused
 from .base import Feeds, ZooEntry, cache_dir, package_file
 from .minilm import MiniLMEntry
 
@@ -89,19 +90,9 @@ def trim(model: onnx.ModelProto) -> onnx.ModelProto:
     g.output.append(keep)
     for node in g.node:
         node.output[:] = [OUTPUT if o == SHIPPED_OUTPUT else o for o in node.output]
-    # Backwards from the output: the nodes it needs, in their (topological) order.
-    needed, used = {OUTPUT}, []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            used.append(node)
-            needed.update(i for i in node.input if i)
-    nodes = list(reversed(used))
-    del g.node[:]
-    g.node.extend(nodes)
-    inits = [i for i in g.initializer if i.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    vis = [v for v in g.value_info if v.name in needed]
+    remove_unused(g)  # the nodes and initializers only the other outputs needed
+    live = {o for node in g.node for o in node.output}
+    vis = [v for v in g.value_info if v.name in live]
     del g.value_info[:]
     g.value_info.extend(vis)
     return out
