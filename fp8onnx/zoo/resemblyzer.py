@@ -95,19 +95,20 @@ def normalize_volume(wav: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.nd
     return wav if change < 0 else wav * (10 ** (change / 20))
 
 
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, log above.
+_F_SP, _MIN_LOG_HZ = 200.0 / 3, 1000.0
+_MIN_LOG_MEL, _LOGSTEP = _MIN_LOG_HZ / _F_SP, np.log(6.4) / 27.0
+
+
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, log above."""
     f = np.asarray(f, np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP,
+                    f / _F_SP)
 
 
 def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
 
 
 @lru_cache(maxsize=1)
@@ -196,9 +197,14 @@ def _rng(split: str, i: int) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(f"resemblyzer/{split}/{i}".encode()))
 
 
+def _gain(rng: np.random.Generator) -> float:
+    """An utterance's level: espeak's (~-20 dBFS) down by up to 30 dB; its rng's first draw."""
+    return float(rng.uniform(0.03, 1.0))
+
+
 def level(split: str, i: int) -> float:
-    """The gain utterance ``i`` of ``split`` gets before ``normalize_volume`` (its first draw)."""
-    return float(_rng(split, i).uniform(0.03, 1.0))
+    """The gain utterance ``i`` of ``split`` gets before ``normalize_volume``."""
+    return _gain(_rng(split, i))
 
 
 @lru_cache(maxsize=None)
@@ -208,7 +214,7 @@ def _utterance(split: str, i: int) -> Utterance:
     raised to it), plus low noise."""
     speech_, voice = speech(split, i)
     rng = _rng(split, i)
-    x = normalize_volume(_trim(speech_).astype(np.float64) * rng.uniform(0.03, 1.0))
+    x = normalize_volume(_trim(speech_).astype(np.float64) * _gain(rng))
     x = x + rng.normal(0, rng.choice([0.0, 0.0005, 0.002]), len(x))
     return np.clip(x, -1, 1).astype(np.float32), voice
 
