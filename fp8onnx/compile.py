@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, help="percentile for --calib-method percentile (default 99.99)")
     p.add_argument("--weight-calib", choices=list(WEIGHT_CALIB_METHODS),
                    help="weight scale per channel: max (amax, default) or mse (least rounding error)")
+    p.add_argument("--underflow-guard", type=float, metavar="G",
+                   help="quantize in E4M3 any activation whose calibration values the activation format "
+                        "(E3M4) flushes to zero at a rate G above E4M3's, e.g. 0.05 (default 0: off)")
     p.add_argument("--calib-cache", help="save statistics here and reuse them on the next compile")
     p.add_argument("--bn-calib", action="store_true", default=None,
                    help="BatchNorm calibration: re-estimate BN statistics (or correct folded-BN channel "
@@ -108,7 +111,7 @@ def _run(args) -> int:
         weight_calib_method=args.weight_calib,
         exclude=args.exclude, keep_first_last=args.keep_first_last, keep_first=args.keep_first,
         pow2_scales=args.pow2_scales, opset=args.opset, dynamic=args.dynamic,
-        bn_calib=args.bn_calib, bn_mode=args.bn_mode,
+        bn_calib=args.bn_calib, bn_mode=args.bn_mode, underflow_guard=args.underflow_guard,
     )
     fix_inputs = None
     if args.fix_input:

@@ -61,6 +61,9 @@ class Recipe:
     #: Scales rounded up to powers of two (hardware that takes the scale as an exponent
     #: bias, such as Intel Gaudi's FP8 units, needs them).
     pow2_scales: bool = False
+    #: Activations whose calibration values the activation format (E3M4) flushes to zero
+    #: at a rate this much above E4M3's get E4M3 (0: off); see fp8onnx.underflow.
+    underflow_guard: float = 0.0
     #: Inputs made constants before compiling (``{"sr": 16000}``): Ifs on them get inlined.
     fix_inputs: Dict[str, object] = field(default_factory=dict)
 
@@ -110,6 +113,14 @@ class Recipe:
                             f"choose one of {', '.join(WEIGHT_CALIB_METHODS)}")
         if self.bn_mode not in BN_MODES:
             raise UserError(f"unknown BatchNorm calibration mode {self.bn_mode!r}: choose one of {', '.join(BN_MODES)}")
+        guard = self.underflow_guard
+        if isinstance(guard, bool) or not isinstance(guard, (int, float)) or not 0.0 <= guard < 1.0:
+            raise UserError(f"underflow guard {guard!r} is not a fraction in [0, 1): give e.g. 0.05 "
+                            "(5 points more values flushed to zero than in E4M3), or 0 for off")
+        self.underflow_guard = float(guard)
+        if self.underflow_guard and self.dynamic:
+            raise UserError("the underflow guard reads calibration statistics, which --dynamic does not "
+                            "collect: drop --underflow-guard or --dynamic")
         if not 0 < float(self.percentile) <= 100:
             raise UserError(f"percentile {self.percentile} is outside (0, 100]: give e.g. 99.99")
         for key in _BOOL_FIELDS:

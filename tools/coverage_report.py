@@ -38,7 +38,10 @@ FORMATS = FP8 + ("int8",)
 WMSE_SETTINGS = (("std", "-wmse"), ("std", "-bn-wmse"), ("ext", "-wmse"), ("ext", "-bn-wmse"))
 #: ``-kf``: the first weighted layer kept in float (``keep_first=True``); shown where run.
 KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
-SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS
+#: ``-ug``: the underflow guard (``underflow_guard=0.05``): activations that E3M4 flushes to
+#: zero much more often than E4M3 get E4M3. Shown where run.
+UG_SETTINGS = (("std", "-ug"), ("std", "-wmse-kf-ug"), ("std", "-bn-wmse-ug"))
+SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS + UG_SETTINGS
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
 #: fp8onnx.tune's default FP8 search: its whole-recipe stage, then the stages of TUNED.
@@ -56,6 +59,9 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-kf"): "standard, first layer float",
                  ("std", "-wmse-kf"): "standard + MSE weight scales, first layer float",
                  ("std", "-bn-kf"): "standard + BN calib, first layer float",
+                 ("std", "-ug"): "standard, underflow guard",
+                 ("std", "-wmse-kf-ug"): "standard + MSE weight scales, first layer float, underflow guard",
+                 ("std", "-bn-wmse-ug"): "standard + BN calib + MSE weight scales, underflow guard",
                  POW2: "standard, power-of-two scales",
                  TUNED: "standard + accuracy-aware tuning",
                  TUNED_RECIPES: "standard + tuning from whole recipes"}

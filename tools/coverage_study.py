@@ -83,6 +83,11 @@ KF = (("e4m3", "e4m3", ""), ("e3m4", "e3m4", ""), ("int8", "int8", ""), ("e3m4",
 #: the default format and the CV format. A constraint, not a way to gain accuracy, so the
 #: report keeps it out of the best-of counts.
 POW2_FORMATS = ("e4m3", "e3m4")
+#: Settings run with the underflow guard (``-ug``: ``underflow_guard=UNDERFLOW_GUARD``), as
+#: (format, suffix before -ug): E3M4 alone and its two best fixed recipes. The guard moves
+#: activations that E3M4 flushes to zero far more often than E4M3 to E4M3; on E4M3 it does nothing.
+UG = (("e3m4", ""), ("e3m4", "-wmse-kf"), ("e3m4", "-bn-wmse"))
+UNDERFLOW_GUARD = 0.05
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
@@ -118,6 +123,7 @@ def config_names(with_peer: bool = True) -> List[str]:
         names += [f"{format_token(w, a)}-std{bn}" for w, a in MIXED]
     names += [f"{format_token(w, a)}-std{'-bn' if bn else ''}-wmse" for w, a, bn in WMSE]
     names += [f"{format_token(w, a)}-std{suffix}-kf" for w, a, suffix in KF]
+    names += [f"{fmt}-std{suffix}-ug" for fmt, suffix in UG]
     names += [f"{fmt}-std-pow2" for fmt in POW2_FORMATS]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     names += [f"{fmt}-std-tuned-recipes" for fmt in RECIPE_TUNED_FORMATS]
@@ -126,7 +132,8 @@ def config_names(with_peer: bool = True) -> List[str]:
 
 #: The suffixes after FORMAT-SCHEME that config_spec accepts, in this order only.
 _SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("kf",), ("bn", "kf"), ("wmse", "kf"),
-             ("bn", "wmse", "kf"), ("pow2",), ("tuned",), ("tuned", "recipes"))
+             ("bn", "wmse", "kf"), ("ug",), ("wmse", "kf", "ug"), ("bn", "wmse", "ug"), ("pow2",),
+             ("tuned",), ("tuned", "recipes"))
 
 
 def config_spec(config: str) -> dict:
@@ -144,7 +151,7 @@ def config_spec(config: str) -> dict:
     flags = tuple(parts[2:])
     if scheme is None or flags not in _SUFFIXES:
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn][-wmse][-kf], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] (FORMAT: e4m3, or "
+                         "FORMAT-std|ext[-bn][-wmse][-kf][-ug], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] (FORMAT: e4m3, or "
                          "e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales)")
     w, a = parse_format(parts[0])
     fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
@@ -164,6 +171,8 @@ def config_spec(config: str) -> dict:
         spec["keep_first"] = True
     if "pow2" in flags:
         spec["pow2_scales"] = True
+    if "ug" in flags:
+        spec["underflow_guard"] = UNDERFLOW_GUARD
     return spec
 
 

@@ -208,6 +208,8 @@ def _compile_ours(entry, calib, spec):
         opts["keep_first"] = True
     if spec.get("pow2_scales"):
         opts["pow2_scales"] = True
+    if spec.get("underflow_guard"):
+        opts["underflow_guard"] = spec["underflow_guard"]
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None

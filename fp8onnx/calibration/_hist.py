@@ -48,8 +48,9 @@ def reduce_batch(x, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_hist(x, hist, upper):  # pragma: no cover - compiled
-    """Add |x| of flat ``x`` to ``hist`` (bins of width upper/len(hist) from 0).
+def accumulate_hist(x, hist, upper, bits, binades):  # pragma: no cover - compiled
+    """Add |x| of flat ``x`` to ``hist`` (bins of width upper/len(hist) from 0), and to
+    ``binades`` by the exponent field of ``bits`` (x's float32 bit patterns, uint32).
 
     NaN and Inf are skipped (the caller counts them); values at or above ``upper`` go to
     the last bin (the caller grows ``upper`` first, so that is only rounding).
@@ -65,3 +66,4 @@ def accumulate_hist(x, hist, upper):  # pragma: no cover - compiled
         if k >= nb:
             k = nb - 1
         hist[k] += 1
+        binades[(bits[i] >> 23) & 0xFF] += 1

@@ -40,7 +40,7 @@ __all__ = ["save_stats", "load_stats", "collect_or_load", "model_fingerprint", "
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-binade counts beside the histogram
 _SCALARS = ("amax", "min", "max", "count", "nan_count", "inf_count", "hist_range", "missing")
 
 
@@ -79,6 +79,7 @@ def save_stats(path, stats: dict, model: onnx.ModelProto) -> None:
                     for s in stats.values()],
     }
     arrays = {f"hist_{i}": s.hist for i, s in enumerate(stats.values())}
+    arrays.update({f"binades_{i}": s.binades for i, s in enumerate(stats.values())})
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
         np.savez(f, header=np.array(json.dumps(header)), **arrays)
@@ -106,7 +107,7 @@ def load_stats(path, model: onnx.ModelProto, *, require=None) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
-            hists = {k: z[k] for k in z.files if k.startswith("hist_")}
+            hists = {k: z[k] for k in z.files if k.startswith(("hist_", "binades_"))}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, TypeError) as e:
         raise CalibrationError(
             f"{path} is not an fp8onnx calibration cache ({e}): delete it or pass a "
@@ -122,6 +123,7 @@ def load_stats(path, model: onnx.ModelProto, *, require=None) -> dict:
     stats = {}
     for i, t in enumerate(header["tensors"]):
         s = TensorStats(name=t["name"], hist=hists[f"hist_{i}"].astype(np.int64),
+                        binades=hists[f"binades_{i}"].astype(np.int64),
                         **{k: _scalar(t[k]) for k in _SCALARS})
         stats[s.name] = s
     if require is not None:

@@ -6,12 +6,19 @@ per tensor however many samples it sees. The histogram has a fixed number of bin
 pairs are summed) until it fits. Counts stay exact; resolution halves per doubling, so
 after growing the histogram locates a value to within ``hist_range / bins``.
 
+Beside it, ``binades`` counts |x| per float32 binade (its exponent field), so the
+fraction of values below any small threshold is known however far below the range it
+lies: the linear histogram puts everything under ``hist_range / bins`` into one bin, and
+E3M4 flushes values under ``amax / 3840`` to zero (see :meth:`TensorStats.fraction_below`).
+
 >>> import numpy as np
 >>> s = TensorStats.empty("x", bins=8)
 >>> s.update(np.array([1.0, -2.0, 0.5], np.float32))
 >>> s.update(np.array([3.0, np.nan], np.float32))
 >>> s.amax, s.min, s.max, s.count, s.nan_count, int(s.hist.sum()), s.hist_range
 (3.0, -2.0, 3.0, 5, 1, 4, 4.0)
+>>> s.fraction_below(1.0)  # of the non-zero finite |x|: 0.5 lies below 1, 1, 2, 3 do not
+0.25
 """
 from __future__ import annotations
 
@@ -20,10 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TensorStats", "DEFAULT_BINS"]
+__all__ = ["TensorStats", "DEFAULT_BINS", "BINADES"]
 
 #: Histogram bins per tensor: 2048 as TensorRT's entropy calibration (16 KB per tensor).
 DEFAULT_BINS = 2048
+#: One counter per float32 exponent field (2 KB per tensor).
+BINADES = 256
 
 
 @dataclass
@@ -47,6 +56,9 @@ class TensorStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(DEFAULT_BINS, np.int64), repr=False)
     hist_range: float = 0.0
     missing: str = ""
+    #: finite |x| counted by float32 exponent field: [0] zeros (and float32 subnormals),
+    #: [e] the binade [2**(e-127), 2**(e-126)); 255 (NaN, Inf) stays empty.
+    binades: np.ndarray = field(default_factory=lambda: np.zeros(BINADES, np.int64), repr=False)
 
     def __eq__(self, other) -> bool:  # the dataclass default would compare arrays ambiguously
         if not isinstance(other, TensorStats):
@@ -54,7 +66,7 @@ class TensorStats:
         scalars = ("name", "amax", "min", "max", "count", "nan_count", "inf_count",
                    "hist_range", "missing")
         return (all(getattr(self, k) == getattr(other, k) for k in scalars)
-                and np.array_equal(self.hist, other.hist))
+                and np.array_equal(self.hist, other.hist) and np.array_equal(self.binades, other.binades))
 
     __hash__ = None  # mutable: updated in place
 
@@ -122,7 +134,10 @@ class TensorStats:
             finite = flat[np.isfinite(flat)]
             finite_amax = float(np.abs(finite).max()) if finite.size else 0.0
         self._grow(finite_amax)
-        _hist.accumulate_hist(flat, self.hist, self.hist_range)
+        # The binades read float32 exponent bits (activations are float32; wider input is
+        # rounded to it, which moves a value by at most one binade edge).
+        bits = (flat if flat.dtype == np.float32 else flat.astype(np.float32)).view(np.uint32)
+        _hist.accumulate_hist(flat, self.hist, self.hist_range, bits, self.binades)
 
     def _grow(self, needed: float) -> None:
         """Widen ``hist_range`` to cover ``needed``, doubling and summing bin pairs."""
@@ -138,6 +153,30 @@ class TensorStats:
             self.hist[:half] = merged
             self.hist[half:] = 0
             self.hist_range *= 2.0
+
+    @property
+    def nonzero_count(self) -> int:
+        """Finite elements with |x| >= 2**-126 (float32 subnormals count as zero)."""
+        return int(self.binades[1:BINADES - 1].sum())
+
+    def fraction_below(self, threshold: float) -> float:
+        """Fraction of the non-zero finite |x| below ``threshold`` (0 with none).
+
+        Whole binades below it count fully; in the binade holding it, values are taken
+        as spread evenly in log2 (the error is at most that binade's share).
+        """
+        nonzero = self.nonzero_count
+        if nonzero == 0 or not threshold > 0.0:
+            return 0.0
+        if threshold >= 2.0 ** 128:
+            return 1.0
+        m, e2 = math.frexp(threshold)  # threshold = m * 2**e2, m in [0.5, 1)
+        field_ = e2 - 1 + 127           # exponent field of the threshold's binade
+        if field_ < 1:
+            return 0.0
+        below = float(self.binades[1:field_].sum())
+        below += float(self.binades[field_]) * math.log2(2.0 * m)
+        return below / nonzero
 
     def quantile(self, q: float) -> float:
         """The ``q``-quantile (0..1) of the finite |x|, interpolated inside its bin."""

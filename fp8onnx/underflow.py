@@ -1,0 +1,88 @@
+"""The underflow guard: activations that a narrow-range format would flush to zero get E4M3.
+
+E3M4 buys a mantissa bit with range: with the scale mapping a tensor's amax to 30, every
+|x| below amax/3840 becomes zero, where E4M3 keeps values down to amax/458752. Most
+activations do not reach that far below their maximum. A few do: a power spectrum
+spanning five decades (Resemblyzer's LSTM input, 76% of its values flushed in E3M4
+against 37% in E4M3), or hard-swish outputs near zero (PicoDet). A higher local SQNR
+hides this, because SQNR weighs the large values.
+
+With ``Recipe.underflow_guard = g`` (``--underflow-guard g``), an activation tensor whose
+non-zero calibration values would flush to zero in its unit's format at a rate at least
+``g`` above E4M3's rate is quantized in E4M3 instead, in every unit that reads it, and
+each such unit says so in its notes. Rates come from the calibration statistics'
+per-binade counts (:meth:`~fp8onnx.calibration.TensorStats.fraction_below`), at the
+thresholds the recipe's range method gives each format, so no extra pass over the data.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List
+
+from . import calibration as _calib
+from . import formats as _formats
+
+__all__ = ["FALLBACK", "flush_rate", "guard_underflow"]
+
+log = logging.getLogger(__name__)
+
+#: The format a guarded tensor falls back to: E4M3 has ONNX's FP8 type and 119x E3M4's
+#: range below the maximum, for one mantissa bit less.
+FALLBACK = "e4m3"
+
+
+def flush_rate(stats, fmt, method: str = "max", percentile: float = 99.99) -> float:
+    """Fraction of the non-zero calibration values of ``stats`` that ``fmt`` rounds to zero,
+    with the scale ``method`` picks (values below half the smallest subnormal step)."""
+    fmt = _formats.get(fmt)
+    amax = _calib.choose_amax(stats, method, fmt, percentile=percentile)
+    return stats.fraction_below(amax / fmt.max * fmt.min_subnormal / 2.0)
+
+
+def _narrower(fmt) -> bool:
+    """A float format whose range below max is narrower than the fallback's."""
+    f, g = _formats.get(fmt), _formats.get(FALLBACK)
+    return f.is_float and f.max / f.min_subnormal < g.max / g.min_subnormal
+
+
+def guard_underflow(plan, stats: Dict[str, object], recipe) -> List[dict]:
+    """Move the activations of ``plan``'s units to E4M3 where the guard says so (in place);
+    returns one record per guarded tensor: tensor, format, both flush rates, units moved."""
+    limit = float(recipe.underflow_guard)
+    if limit <= 0.0:
+        return []
+    rates = {}  # (tensor, format) -> (own rate, fallback rate)
+    for d in plan.units:
+        fmt = d.activation_format
+        if not fmt or not _narrower(fmt):
+            continue
+        for use in d.activation_uses:
+            st = stats.get(use.tensor)
+            if st is None or not st.nonzero_count or st.missing or (use.tensor, fmt) in rates:
+                continue
+            rates[(use.tensor, fmt)] = (
+                flush_rate(st, fmt, recipe.calib_method, recipe.percentile),
+                flush_rate(st, FALLBACK, recipe.calib_method, recipe.percentile))
+    guarded = {key: r for key, r in rates.items() if r[0] - r[1] >= limit}
+    records: Dict[tuple, dict] = {}
+    for d in plan.units:
+        hits = [(u.tensor, guarded[(u.tensor, d.activation_format)]) for u in d.activation_uses
+                if (u.tensor, d.activation_format) in guarded]
+        if not hits:
+            continue
+        fmt = d.activation_format
+        worst_tensor, (own, fallback) = max(hits, key=lambda h: h[1][0] - h[1][1])
+        d.notes.append(f"activations in {FALLBACK.upper()} (underflow guard {limit:g}): "
+                       f"{100 * own:.1f}% of {worst_tensor!r}'s non-zero calibration values flush to zero "
+                       f"in {fmt.upper()}, {100 * fallback:.1f}% in {FALLBACK.upper()}")
+        d.activation_format = FALLBACK
+        for tensor, (own, fallback) in hits:
+            rec = records.setdefault((tensor, fmt), {"tensor": tensor, "format": fmt,
+                                                     "flush_rate": round(own, 4),
+                                                     "fallback_flush_rate": round(fallback, 4),
+                                                     "units": []})
+            rec["units"].append(d.unit)
+    out = sorted(records.values(), key=lambda r: r["tensor"])
+    if out:
+        log.info("underflow guard: %d activation tensors in %s", len(out), FALLBACK)
+    return out
