@@ -18,6 +18,7 @@ def same(a, b):
     for k in ("amax", "min", "max"):
         assert getattr(a, k) == getattr(b, k) or (np.isnan(getattr(a, k)) and np.isnan(getattr(b, k)))
     np.testing.assert_array_equal(a.hist, b.hist)
+    np.testing.assert_array_equal(a.binades, b.binades)
 
 
 class CountingFeeds:

@@ -23,7 +23,8 @@ def _fp8_row(e, args) -> str:
                               ("calib_method", args.calib_method),
                               ("weight_calib_method", args.weight_calib),
                               ("keep_first", args.keep_first), ("bn_calib", args.bn_calib),
-                              ("pow2_scales", args.pow2_scales)) if v}
+                              ("pow2_scales", args.pow2_scales),
+                              ("underflow_guard", args.underflow_guard)) if v}
     r = fp8_vs_fp32(e, calib_n=args.calib_n, eval_n=args.n, **opts)
     extra = "".join(f" {k}={v:.4f}" for k, v in r["details"].items())
     return (f"{e.name:18s} fp32 {r['fp32']:.4f}  fp8 {r['fp8']:.4f}  relative loss "
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bn-calib", action="store_true", help="with --fp8: BatchNorm calibration")
     ap.add_argument("--pow2-scales", action="store_true",
                     help="with --fp8: scales rounded up to powers of two (the compiler's --pow2-scales)")
+    ap.add_argument("--underflow-guard", type=float, default=None, metavar="G",
+                    help="with --fp8: the compiler's --underflow-guard (e.g. 0.05)")
     ap.add_argument("--calib-n", type=int, default=32, help="with --fp8: calibration samples")
     args = ap.parse_args(argv)
     try:
