@@ -31,7 +31,7 @@ from .passinfra import DumpAfter, PassManager, Timing
 from .planner import Plan, plan_quantization
 from .recipe import Recipe
 from .report import build_report
-from .underflow import FALLBACK, guard_underflow
+from .underflow import ADVICE_LIMIT, FALLBACK, guard_underflow, underflow_advice
 
 __all__ = ["compile", "compile_model", "CompileResult", "prepare", "make_recipe"]
 
@@ -125,7 +125,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     calib_seconds = 0.0
     bn_corrections = None
     bn_stats = None
-    guarded = []
+    guarded, advice = [], []
     needs_data = (tensors and not recipe.dynamic) or recipe.bn_calib
     src = None
     if needs_data:
@@ -161,6 +161,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache, known=bn_stats)
         calib_seconds = time.perf_counter() - tc
         guarded = guard_underflow(plan, stats, recipe)
+        advice = [] if recipe.underflow_guard else underflow_advice(plan, stats, recipe)
         amax = _activation_ranges(plan, stats, recipe)
     if clip:
         # After the statistics: activation ranges are the float model's, as with max
@@ -181,6 +182,8 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         report["bn_calibration"] = bn_corrections
     if recipe.underflow_guard:
         report["underflow_guard"] = {"limit": recipe.underflow_guard, "fallback": FALLBACK, "tensors": guarded}
+    elif advice:
+        report["underflow_advice"] = {"limit": ADVICE_LIMIT, "fallback": FALLBACK, "tensors": advice}
     return CompileResult(work, plan, report)
 
 

@@ -73,6 +73,7 @@ def summary_text(report: dict, output_path: str = None, output_bytes: int = None
                      f"({bn['passes']} passes over the data"
                      + (f"; {bn['spill_peak_mb']:.0f} MB held on disk at most" if bn.get("spill_peak_mb") else "")
                      + ")")
+    lines += _underflow_lines(report)
     size = f"weights {_mb(s['input_tensor_bytes'])} -> {_mb(s['output_tensor_bytes'])}"
     if output_bytes is not None:
         size += f", file {_mb(output_bytes)}"
@@ -80,3 +81,22 @@ def summary_text(report: dict, output_path: str = None, output_bytes: int = None
     lines.append(f"time {s['seconds']:.2f} s (calibration {s['calibration_seconds']:.2f} s)"
                  + (f"; wrote {output_path}" if output_path else ""))
     return "\n".join(lines)
+
+
+def _underflow_lines(report: dict) -> list:
+    """One line on activations that lose many values to underflow (fp8onnx.underflow)."""
+    for key, verb in (("underflow_guard", "moved to"), ("underflow_advice", None)):
+        info = report.get(key)
+        if not info or not info["tensors"]:
+            continue
+        t = info["tensors"][0]
+        worst = (f"{t['tensor']!r}: {100 * t['flush_rate']:.0f}% of its non-zero values in {t['format'].upper()}, "
+                 f"{100 * t['fallback_flush_rate']:.0f}% in {info['fallback'].upper()}")
+        n = len(info["tensors"])
+        if verb:
+            return [f"underflow guard {info['limit']:g}: {n} activation(s) {verb} {info['fallback'].upper()} "
+                    f"(worst {worst})"]
+        return [f"note: {n} activation(s) flush {100 * info['limit']:.0f}+ points more values to zero than "
+                f"{info['fallback'].upper()} would (worst {worst}); --underflow-guard {info['limit']:g} "
+                f"quantizes them in {info['fallback'].upper()}"]
+    return []

@@ -22,13 +22,16 @@ from typing import Dict, List
 from . import calibration as _calib
 from . import formats as _formats
 
-__all__ = ["FALLBACK", "flush_rate", "guard_underflow"]
+__all__ = ["FALLBACK", "ADVICE_LIMIT", "flush_rate", "guard_underflow", "underflow_advice"]
 
 log = logging.getLogger(__name__)
 
 #: The format a guarded tensor falls back to: E4M3 has ONNX's FP8 type and 119x E3M4's
 #: range below the maximum, for one mantissa bit less.
 FALLBACK = "e4m3"
+#: The margin the compiler's advice uses when the guard is off (and the study's -ug settings):
+#: 5 points, below which no zoo model's metric moved (docs/coverage/analysis.md).
+ADVICE_LIMIT = 0.05
 
 
 def flush_rate(stats, fmt, method: str = "max", percentile: float = 99.99) -> float:
@@ -45,44 +48,62 @@ def _narrower(fmt) -> bool:
     return f.is_float and f.max / f.min_subnormal < g.max / g.min_subnormal
 
 
-def guard_underflow(plan, stats: Dict[str, object], recipe) -> List[dict]:
-    """Move the activations of ``plan``'s units to E4M3 where the guard says so (in place);
-    returns one record per guarded tensor: tensor, format, both flush rates, units moved."""
-    limit = float(recipe.underflow_guard)
-    if limit <= 0.0:
-        return []
-    rates = {}  # (tensor, format) -> (own rate, fallback rate)
+def _rates(plan, stats, recipe) -> Dict[tuple, tuple]:
+    """(own flush rate, fallback's flush rate) per (activation tensor, narrow format) of the plan."""
+    rates = {}
     for d in plan.units:
         fmt = d.activation_format
         if not fmt or not _narrower(fmt):
             continue
         for use in d.activation_uses:
             st = stats.get(use.tensor)
-            if st is None or not st.nonzero_count or st.missing or (use.tensor, fmt) in rates:
+            if st is None or st.missing or not st.nonzero_count or (use.tensor, fmt) in rates:
                 continue
             rates[(use.tensor, fmt)] = (
                 flush_rate(st, fmt, recipe.calib_method, recipe.percentile),
                 flush_rate(st, FALLBACK, recipe.calib_method, recipe.percentile))
-    guarded = {key: r for key, r in rates.items() if r[0] - r[1] >= limit}
+    return rates
+
+
+def _records(plan, hits_by_key: Dict[tuple, tuple]) -> List[dict]:
     records: Dict[tuple, dict] = {}
     for d in plan.units:
-        hits = [(u.tensor, guarded[(u.tensor, d.activation_format)]) for u in d.activation_uses
-                if (u.tensor, d.activation_format) in guarded]
+        for u in d.activation_uses:
+            key = (u.tensor, d.activation_format)
+            if key in hits_by_key:
+                own, fallback = hits_by_key[key]
+                rec = records.setdefault(key, {"tensor": u.tensor, "format": key[1], "flush_rate": round(own, 4),
+                                               "fallback_flush_rate": round(fallback, 4), "units": []})
+                if d.unit not in rec["units"]:
+                    rec["units"].append(d.unit)
+    return sorted(records.values(), key=lambda r: (r["fallback_flush_rate"] - r["flush_rate"], r["tensor"]))
+
+
+def underflow_advice(plan, stats, recipe, limit: float = ADVICE_LIMIT) -> List[dict]:
+    """What the guard at ``limit`` would move, worst first, changing nothing: the compiler
+    reports it when the guard is off, so the user learns of the underflow before deploying."""
+    return _records(plan, {k: r for k, r in _rates(plan, stats, recipe).items() if r[0] - r[1] >= limit})
+
+
+def guard_underflow(plan, stats: Dict[str, object], recipe) -> List[dict]:
+    """Move the activations of ``plan``'s units to E4M3 where the guard says so (in place);
+    returns one record per guarded tensor, worst first: tensor, format, both flush rates
+    and the units moved."""
+    limit = float(recipe.underflow_guard)
+    if limit <= 0.0:
+        return []
+    guarded = {k: r for k, r in _rates(plan, stats, recipe).items() if r[0] - r[1] >= limit}
+    records = _records(plan, guarded)
+    for d in plan.units:
+        fmt = d.activation_format
+        hits = [(u.tensor, guarded[(u.tensor, fmt)]) for u in d.activation_uses if (u.tensor, fmt) in guarded]
         if not hits:
             continue
-        fmt = d.activation_format
         worst_tensor, (own, fallback) = max(hits, key=lambda h: h[1][0] - h[1][1])
         d.notes.append(f"activations in {FALLBACK.upper()} (underflow guard {limit:g}): "
                        f"{100 * own:.1f}% of {worst_tensor!r}'s non-zero calibration values flush to zero "
                        f"in {fmt.upper()}, {100 * fallback:.1f}% in {FALLBACK.upper()}")
         d.activation_format = FALLBACK
-        for tensor, (own, fallback) in hits:
-            rec = records.setdefault((tensor, fmt), {"tensor": tensor, "format": fmt,
-                                                     "flush_rate": round(own, 4),
-                                                     "fallback_flush_rate": round(fallback, 4),
-                                                     "units": []})
-            rec["units"].append(d.unit)
-    out = sorted(records.values(), key=lambda r: r["tensor"])
-    if out:
-        log.info("underflow guard: %d activation tensors in %s", len(out), FALLBACK)
-    return out
+    if records:
+        log.info("underflow guard: %d activation tensors in %s", len(records), FALLBACK)
+    return records

@@ -203,3 +203,25 @@ def test_resemblyzer_lstm_input_is_guarded_and_the_embedding_recovers():
     losses = [fp8onnx.zoo.relative_loss(fp32, entry.evaluate(r.model, n=16, session_factory=fp8onnx.runtime.InferenceSession))
               for r in (plain, guarded)]
     assert losses[0] > 0.05 and losses[1] < 0.01, losses
+
+
+def test_without_the_guard_the_compiler_says_what_underflows(tmp_path):
+    model, calib = two_branch_model(), feeds(16, 0)
+    plain = compile_model(model, calibration=calib, format="e3m4")
+    guarded = compile_model(model, calibration=calib, format="e3m4", underflow_guard=0.05)
+    (adv,) = plain.report["underflow_advice"]["tensors"]
+    assert adv == guarded.report["underflow_guard"]["tensors"][0]  # what the guard would move
+    assert unit(plain, "spectrum_mm")["activation_format"] == "e3m4"  # advice changes nothing
+    assert "underflow_advice" not in compile_model(model, calibration=calib, format="e4m3").report
+    # The CLI prints it as one line naming the tensor, both rates and the option.
+    src, data = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(model, src)
+    np.savez(data, x=np.concatenate([f["x"] for f in calib]), z=np.concatenate([f["z"] for f in calib]))
+    for extra, want in (([], "--underflow-guard 0.05 quantizes them in E4M3"),
+                        (["--underflow-guard", "0.05"], "underflow guard 0.05: 1 activation(s) moved to E4M3")):
+        p = subprocess.run([sys.executable, "-m", "fp8onnx.compile", str(src), "-o", str(tmp_path / "q.onnx"),
+                            "--calib", str(data), "--batch-size", "4", "--format", "e3m4", *extra],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        line = next(ln for ln in p.stdout.splitlines() if want in ln)
+        assert "'x'" in line and f"{100 * adv['flush_rate']:.0f}% of its non-zero values in E3M4" in line
