@@ -189,3 +189,14 @@ def test_recipe_stage_skips_the_base_and_stops_at_the_target():
              max_trials=4, stages=("recipe",))
     assert first not in [t.delta for t in r.history[1:]]
     assert len(r.history) == len(RECIPE_CANDIDATES)
+
+
+def test_recipe_stage_over_dynamic_scales_leaves_the_underflow_guard_out():
+    """The guard reads calibration statistics, which dynamic scales never collect: over a
+    dynamic base its candidates run without it instead of failing the trial."""
+    assert any(c.get("underflow_guard") for c in RECIPE_CANDIDATES)
+    r = tune(CNN, CALIB, TEST_NPZ, target_loss=0.0, metric=ACCURACY,
+             base_recipe={"format": "e5m2", "dynamic": True}, batch_size=50, max_trials=4, stages=("recipe",))
+    tried = [t.delta for t in r.history[1:]]
+    assert len(tried) == len(RECIPE_CANDIDATES)
+    assert all("underflow_guard" not in d for d in tried) and r.recipe.dynamic

@@ -375,7 +375,8 @@ def recipe_label(recipe: dict) -> str:
     text = format_label(w if w == a else f"{w}w.{a}a")
     text += " + BN calib" if recipe.get("bn_calib") else ""
     text += " + MSE weight scales" if recipe.get("weight_calib_method") == "mse" else ""
-    return text + (", first layer float" if recipe.get("keep_first") else "")
+    text += ", first layer float" if recipe.get("keep_first") else ""
+    return text + (", underflow guard" if recipe.get("underflow_guard") else "")
 
 
 def render_markdown(s: dict) -> str:

@@ -204,7 +204,8 @@ def headline(s: dict) -> List[str]:
                  "reported here never guided the choice. The per-model table gives how many weights stayed in "
                  "float." + (" *Tuning from whole recipes* is `fp8onnx.tune`'s default search: before those stages it "
                  "tries three whole recipes (W E3M4 / A E4M3; E3M4 + MSE weight scales, first layer float; E3M4 "
-                 "+ MSE weight scales + BN calib) and refines the best on the calibration split. The three were "
+                 "+ MSE weight scales + BN calib; the last two with the underflow guard since the eighth session) "
+                 "and refines the best on the calibration split. The three were "
                  "picked as the best fixed recipes of this study, so the procedure itself was chosen with the "
                  "held-out results in view; its choice per model was not." if recipes_ran else "") + "\n")
     return L + _peer_table(s["peers"])

@@ -257,7 +257,8 @@ def _tune_ours(entry, calib, spec, n):
                      "op_types": r.recipe.op_types, "nodes_float": sorted(r.recipe.nodes),
                      # what the whole-recipe stage chose (the base's values where it kept the base)
                      "recipe": {k: getattr(r.recipe, k) for k in ("weight_format", "activation_format",
-                                                                  "weight_calib_method", "keep_first", "bn_calib")},
+                                                                  "weight_calib_method", "keep_first", "bn_calib",
+                                                                  "underflow_guard")},
                      "weights_fp8": n_weights, "weights_fp8_untuned": len({u.tensor for d in base.units
                                                                           for u in d.weight_uses}),
                      "tune_s": r.seconds}
