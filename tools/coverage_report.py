@@ -40,7 +40,7 @@ WMSE_SETTINGS = (("std", "-wmse"), ("std", "-bn-wmse"), ("ext", "-wmse"), ("ext"
 KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
 #: ``-ug``: the underflow guard (``underflow_guard=0.05``): activations that E3M4 flushes to
 #: zero much more often than E4M3 get E4M3. Shown where run.
-UG_SETTINGS = (("std", "-ug"), ("std", "-wmse-kf-ug"), ("std", "-bn-wmse-ug"))
+UG_SETTINGS = (("std", "-ug"), ("std", "-wmse-kf-ug"), ("std", "-bn-wmse-ug"), ("std", "-bn-wmse-kf-ug"))
 SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS + UG_SETTINGS
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
@@ -62,6 +62,7 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-ug"): "standard, underflow guard",
                  ("std", "-wmse-kf-ug"): "standard + MSE weight scales, first layer float, underflow guard",
                  ("std", "-bn-wmse-ug"): "standard + BN calib + MSE weight scales, underflow guard",
+                 ("std", "-bn-wmse-kf-ug"): "standard + BN calib + MSE weight scales, first layer float, underflow guard",
                  POW2: "standard, power-of-two scales",
                  TUNED: "standard + accuracy-aware tuning",
                  TUNED_RECIPES: "standard + tuning from whole recipes"}

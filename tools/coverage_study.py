@@ -84,9 +84,9 @@ KF = (("e4m3", "e4m3", ""), ("e3m4", "e3m4", ""), ("int8", "int8", ""), ("e3m4",
 #: report keeps it out of the best-of counts.
 POW2_FORMATS = ("e4m3", "e3m4")
 #: Settings run with the underflow guard (``-ug``: ``underflow_guard=UNDERFLOW_GUARD``), as
-#: (format, suffix before -ug): E3M4 alone and its two best fixed recipes. The guard moves
+#: (format, suffix before -ug): E3M4 alone, its two best fixed recipes and the two together. The guard moves
 #: activations that E3M4 flushes to zero far more often than E4M3 to E4M3; on E4M3 it does nothing.
-UG = (("e3m4", ""), ("e3m4", "-wmse-kf"), ("e3m4", "-bn-wmse"))
+UG = (("e3m4", ""), ("e3m4", "-wmse-kf"), ("e3m4", "-bn-wmse"), ("e3m4", "-bn-wmse-kf"))
 UNDERFLOW_GUARD = 0.05
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
@@ -132,7 +132,8 @@ def config_names(with_peer: bool = True) -> List[str]:
 
 #: The suffixes after FORMAT-SCHEME that config_spec accepts, in this order only.
 _SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("kf",), ("bn", "kf"), ("wmse", "kf"),
-             ("bn", "wmse", "kf"), ("ug",), ("wmse", "kf", "ug"), ("bn", "wmse", "ug"), ("pow2",),
+             ("bn", "wmse", "kf"), ("ug",), ("wmse", "kf", "ug"), ("bn", "wmse", "ug"), ("bn", "wmse", "kf", "ug"),
+             ("pow2",),
              ("tuned",), ("tuned", "recipes"))
 
 
