@@ -160,9 +160,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         tc = time.perf_counter()
         stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache, known=bn_stats)
         calib_seconds = time.perf_counter() - tc
-        guarded = guard_underflow(plan, stats, recipe)
-        advice = [] if recipe.underflow_guard else underflow_advice(plan, stats, recipe)
-        amax = _activation_ranges(plan, stats, recipe)
+        ranges = {}  # (tensor, format) -> threshold, picked once for the guard and the scales
+        guarded = guard_underflow(plan, stats, recipe, ranges)
+        advice = [] if recipe.underflow_guard else underflow_advice(plan, stats, recipe, ranges=ranges)
+        amax = _activation_ranges(plan, stats, recipe, ranges)
     if clip:
         # After the statistics: activation ranges are the float model's, as with max
         # scaling, so one --calib-cache (and tune's shared one) serves both methods.
@@ -245,8 +246,10 @@ def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
             init.CopyFrom(numpy_helper.from_array(clipped, tensor))
 
 
-def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe) -> dict:
-    """amax per (tensor, format) by the recipe's range method; unobserved tensors stay float."""
+def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe, known: Optional[dict] = None) -> dict:
+    """amax per (tensor, format) by the recipe's range method, taken from ``known`` where it
+    holds the key; unobserved tensors stay float."""
+    known = known or {}
     amax = {}
     for d in plan.units:
         kept = []
@@ -256,7 +259,9 @@ def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe) -> dict:
                 d.notes.append(f"activation {use.tensor!r} kept float: calibration could not observe it")
                 continue
             key = (use.tensor, d.activation_format)
-            if key not in amax:
+            if key in known:
+                amax[key] = known[key]
+            elif key not in amax:
                 amax[key] = float(_calib.choose_amax(st, recipe.calib_method, _formats.get(d.activation_format),
                                                      percentile=recipe.percentile))
             kept.append(use)

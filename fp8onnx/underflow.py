@@ -17,7 +17,7 @@ thresholds the recipe's range method gives each format, so no extra pass over th
 from __future__ import annotations
 
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from . import calibration as _calib
 from . import formats as _formats
@@ -34,11 +34,13 @@ FALLBACK = "e4m3"
 ADVICE_LIMIT = 0.05
 
 
-def flush_rate(stats, fmt, method: str = "max", percentile: float = 99.99) -> float:
+def flush_rate(stats, fmt, method: str = "max", percentile: float = 99.99, amax=None) -> float:
     """Fraction of the non-zero calibration values of ``stats`` that ``fmt`` rounds to zero,
-    with the scale ``method`` picks (values below half the smallest subnormal step)."""
+    with the scale ``method`` picks, or ``amax`` if given (values below half the smallest
+    subnormal step)."""
     fmt = _formats.get(fmt)
-    amax = _calib.choose_amax(stats, method, fmt, percentile=percentile)
+    if amax is None:
+        amax = _calib.choose_amax(stats, method, fmt, percentile=percentile)
     return stats.fraction_below(amax / fmt.max * fmt.min_subnormal / 2.0)
 
 
@@ -48,8 +50,18 @@ def _narrower(fmt) -> bool:
     return f.is_float and f.max / f.min_subnormal < g.max / g.min_subnormal
 
 
-def _rates(plan, stats, recipe) -> Dict[tuple, tuple]:
-    """(own flush rate, fallback's flush rate) per (activation tensor, narrow format) of the plan."""
+def _rates(plan, stats, recipe, ranges: Dict[tuple, float]) -> Dict[tuple, tuple]:
+    """(own flush rate, fallback's flush rate) per (activation tensor, narrow format) of the
+    plan; the clipping thresholds it picks go into ``ranges`` by (tensor, format), so the
+    compiler's activation ranges reuse them (kl and mse searches cost milliseconds each)."""
+
+    def rate(tensor, st, fmt):
+        key = (tensor, fmt)
+        if key not in ranges:
+            ranges[key] = float(_calib.choose_amax(st, recipe.calib_method, _formats.get(fmt),
+                                                   percentile=recipe.percentile))
+        return flush_rate(st, fmt, amax=ranges[key])
+
     rates = {}
     for d in plan.units:
         fmt = d.activation_format
@@ -59,9 +71,7 @@ def _rates(plan, stats, recipe) -> Dict[tuple, tuple]:
             st = stats.get(use.tensor)
             if st is None or st.missing or not st.nonzero_count or (use.tensor, fmt) in rates:
                 continue
-            rates[(use.tensor, fmt)] = (
-                flush_rate(st, fmt, recipe.calib_method, recipe.percentile),
-                flush_rate(st, FALLBACK, recipe.calib_method, recipe.percentile))
+            rates[(use.tensor, fmt)] = (rate(use.tensor, st, fmt), rate(use.tensor, st, FALLBACK))
     return rates
 
 
@@ -79,20 +89,25 @@ def _records(plan, hits_by_key: Dict[tuple, tuple]) -> List[dict]:
     return sorted(records.values(), key=lambda r: (r["fallback_flush_rate"] - r["flush_rate"], r["tensor"]))
 
 
-def underflow_advice(plan, stats, recipe, limit: float = ADVICE_LIMIT) -> List[dict]:
+def underflow_advice(plan, stats, recipe, limit: float = ADVICE_LIMIT,
+                     ranges: Optional[dict] = None) -> List[dict]:
     """What the guard at ``limit`` would move, worst first, changing nothing: the compiler
-    reports it when the guard is off, so the user learns of the underflow before deploying."""
-    return _records(plan, {k: r for k, r in _rates(plan, stats, recipe).items() if r[0] - r[1] >= limit})
+    reports it when the guard is off, so the user learns of the underflow before deploying.
+    ``ranges``: see :func:`guard_underflow`."""
+    rates = _rates(plan, stats, recipe, {} if ranges is None else ranges)
+    return _records(plan, {k: r for k, r in rates.items() if r[0] - r[1] >= limit})
 
 
-def guard_underflow(plan, stats: Dict[str, object], recipe) -> List[dict]:
+def guard_underflow(plan, stats: Dict[str, object], recipe, ranges: Optional[dict] = None) -> List[dict]:
     """Move the activations of ``plan``'s units to E4M3 where the guard says so (in place);
     returns one record per guarded tensor, worst first: tensor, format, both flush rates
-    and the units moved."""
+    and the units moved. ``ranges`` (a dict) receives the clipping threshold of every
+    (tensor, format) it looked at, for the compiler to reuse."""
     limit = float(recipe.underflow_guard)
     if limit <= 0.0:
         return []
-    guarded = {k: r for k, r in _rates(plan, stats, recipe).items() if r[0] - r[1] >= limit}
+    rates = _rates(plan, stats, recipe, {} if ranges is None else ranges)
+    guarded = {k: r for k, r in rates.items() if r[0] - r[1] >= limit}
     records = _records(plan, guarded)
     for d in plan.units:
         fmt = d.activation_format

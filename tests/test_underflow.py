@@ -225,3 +225,27 @@ def test_without_the_guard_the_compiler_says_what_underflows(tmp_path):
         assert p.returncode == 0, p.stderr
         line = next(ln for ln in p.stdout.splitlines() if want in ln)
         assert "'x'" in line and f"{100 * adv['flush_rate']:.0f}% of its non-zero values in E3M4" in line
+
+
+def test_each_threshold_is_searched_once(monkeypatch):
+    """The guard's thresholds are the scales' thresholds: a kl or mse search (milliseconds per
+    tensor) runs once per (tensor, format), and the scales equal a compile that never asked."""
+    import fp8onnx.calibration as calib
+
+    calls = []
+    real = calib.choose_amax
+
+    def counting(stats, method, fmt, **kw):
+        calls.append((stats.name, getattr(fmt, "name", fmt)))
+        return real(stats, method, fmt, **kw)
+
+    model, data = two_branch_model(), feeds(16, 0)
+    reference = compile_model(model, calibration=data, format="e3m4", calib_method="kl",
+                              exclude=["spectrum_mm"]).model
+    monkeypatch.setattr(calib, "choose_amax", counting)
+    for guard in (0.0, 0.05):  # the advice and the guard alike
+        calls.clear()
+        result = compile_model(model, calibration=data, format="e3m4", calib_method="kl", underflow_guard=guard)
+        assert sorted(calls) == sorted(set(calls)) and ("x", "e4m3") in calls
+    scale = {i.name: i for i in reference.graph.initializer}["z_scale"]
+    assert {i.name: i for i in result.model.graph.initializer}["z_scale"] == scale
