@@ -31,7 +31,7 @@ from .passinfra import DumpAfter, PassManager, Timing
 from .planner import Plan, plan_quantization
 from .recipe import Recipe
 from .report import build_report
-from .underflow import ADVICE_LIMIT, FALLBACK, guard_underflow, underflow_advice
+from .underflow import ADVICE_LIMIT, FALLBACK, guard_notes, guard_underflow, underflow_advice
 
 __all__ = ["compile", "compile_model", "CompileResult", "prepare", "make_recipe"]
 
@@ -170,7 +170,7 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
 
     insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic,
-                       pow2_scales=recipe.pow2_scales)
+                       pow2_scales=recipe.pow2_scales, notes=guard_notes(guarded, recipe.underflow_guard))
     work = PassManager([insert], instruments=instruments, skip=skip, name="quantize")(work).model
     # The map of inserted tensors lets evaluation tools find each quantized tensor's float twin.
     annotate = Annotate(recipe, extra={"tensors": insert.inserted})

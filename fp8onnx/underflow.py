@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from . import calibration as _calib
 from . import formats as _formats
 
-__all__ = ["FALLBACK", "ADVICE_LIMIT", "flush_rate", "guard_underflow", "underflow_advice"]
+__all__ = ["FALLBACK", "ADVICE_LIMIT", "flush_rate", "guard_underflow", "guard_notes", "underflow_advice"]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +122,12 @@ def guard_underflow(plan, stats: Dict[str, object], recipe, ranges: Optional[dic
     if records:
         log.info("underflow guard: %d activation tensors in %s", len(records), FALLBACK)
     return records
+
+
+def guard_notes(records: List[dict], limit: float) -> Dict[tuple, str]:
+    """(tensor, FALLBACK) -> why it is in E4M3, from :func:`guard_underflow`'s records: the
+    sentence the inserted nodes' doc strings carry, so Netron shows it."""
+    return {(r["tensor"], FALLBACK): (f"{FALLBACK.upper()} by the underflow guard {limit:g}: {r['format'].upper()} "
+                                      f"would flush {100 * r['flush_rate']:.1f}% of its non-zero calibration values "
+                                      f"to zero, {FALLBACK.upper()} {100 * r['fallback_flush_rate']:.1f}%")
+            for r in records}

@@ -17,7 +17,7 @@ topological and repeated runs give the same bytes.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import onnx
 from onnx import numpy_helper
@@ -41,10 +41,14 @@ class InsertQDQ(Pass):
     name = "insert_qdq"
 
     def __init__(self, plan: Plan, amax: Dict[Tuple[str, str], float], *, emit: str = "auto",
-                 saturate: bool = True, dynamic: bool = False, pow2_scales: bool = False) -> None:
+                 saturate: bool = True, dynamic: bool = False, pow2_scales: bool = False,
+                 notes: Optional[Dict[Tuple[str, str], str]] = None) -> None:
         super().__init__()
         self.plan, self.amax, self.emit, self.saturate = plan, amax, emit, saturate
         self.dynamic, self.pow2 = dynamic, pow2_scales
+        #: (activation tensor, format) -> a sentence appended to its nodes' doc strings (why
+        #: that format, e.g. the underflow guard's rates), for Netron and the tensor map.
+        self.notes = notes or {}
         self.inserted: Dict[str, dict] = {}
 
     def requires(self, model):
@@ -119,8 +123,13 @@ class InsertQDQ(Pass):
                     else:
                         b = qdq.build_activation(names, use.tensor, fmt, self.amax[(use.tensor, fmt.name)],
                                                  self.emit, zp, self.saturate, self.pow2)
+                    note = self.notes.get((use.tensor, fmt.name))
+                    if note:
+                        for n in b.nodes:
+                            n.doc_string += f"; {note}"
                     built[key] = b
-                    self.inserted[b.output] = {"kind": "activation", "tensor": use.tensor, "format": fmt.name, **b.info}
+                    self.inserted[b.output] = {"kind": "activation", "tensor": use.tensor, "format": fmt.name, **b.info,
+                                               **({"note": note} if note else {})}
                 node.input[use.index] = built[key].output
                 readers.setdefault(key, []).append(node)
         # Each group goes just before its earliest reader, keeping the order topological.

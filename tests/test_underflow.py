@@ -135,6 +135,11 @@ def test_guard_moves_only_the_wide_tensor_and_it_pays():
     # E4M3 activations have an ONNX type: a standard QuantizeLinear now reads x.
     q_types = {n.input[0]: n for n in guarded.model.graph.node if n.op_type == "QuantizeLinear"}
     assert "x" in q_types
+    # Netron shows why: the guard's sentence in the inserted nodes' doc strings and the tensor map.
+    why = f"E4M3 by the underflow guard 0.05: E3M4 would flush {100 * rec['flush_rate']:.1f}%"
+    assert why in q_types["x"].doc_string
+    assert sum(why in n.doc_string for n in guarded.model.graph.node) == 2  # its Q and DQ only
+    assert not any("underflow" in n.doc_string for n in plain.model.graph.node)
     # On held-out data the guarded model keeps the quiet values E3M4 zeroes: the share of
     # non-zero inputs it flushes is about the fallback's rate, not E3M4's.
     x = np.concatenate([f["x"] for f in test])
