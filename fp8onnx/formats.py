@@ -58,6 +58,11 @@ class Format:
     def is_float(self) -> bool:
         return self.kind == "float"
 
+    def zero_below(self, scale: float) -> float:
+        """The |x| under which quantizing with ``scale`` gives zero: half the smallest step
+        (a value exactly there ties to the even code, zero)."""
+        return self.min_subnormal / 2 * scale
+
     # The array operations live in the kernels package; imported lazily so that
     # ``import fp8onnx`` compiles nothing.
     def quantize(self, x, scale, axis=None, saturate=True, out=None):

@@ -41,7 +41,7 @@ def flush_rate(stats, fmt, method: str = "max", percentile: float = 99.99, amax=
     fmt = _formats.get(fmt)
     if amax is None:
         amax = _calib.choose_amax(stats, method, fmt, percentile=percentile)
-    return stats.fraction_below(amax / fmt.max * fmt.min_subnormal / 2.0)
+    return stats.fraction_below(fmt.zero_below(amax / fmt.max))
 
 
 def _narrower(fmt) -> bool:

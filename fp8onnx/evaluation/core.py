@@ -184,7 +184,7 @@ class _ActivationAcc:
         self.sums = np.zeros(12, np.float64)
         self.counts = np.zeros(9, np.int64)
         self.hi = fmt.max * layer.scale * SATURATION_SLACK
-        self.lo = fmt.min_subnormal / 2 * layer.scale  # below it, values round to zero
+        self.lo = fmt.zero_below(layer.scale)
 
     def update(self, ref, pre, deq) -> None:
         from ._accumulate import activation_pass
