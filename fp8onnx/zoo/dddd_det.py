@@ -113,7 +113,7 @@ def image(split: str, i: int) -> Tuple[np.ndarray, Tuple[Box, ...]]:
             box = (x, y, x + tile.width, y + tile.height)
             if all(box[2] + 6 <= b[0] or b[2] + 6 <= box[0] or box[3] + 6 <= b[1] or b[3] + 6 <= box[1]
                    for b in boxes):
-                canvas.alpha_composite(tile, (x, y)) if canvas.mode == "RGBA" else canvas.paste(tile, (x, y), tile)
+                canvas.paste(tile, (x, y), tile)
                 boxes.append(box)
                 break
     return np.asarray(canvas.convert("RGB")), tuple(boxes)
@@ -137,13 +137,16 @@ def _grid() -> Tuple[np.ndarray, np.ndarray]:
     return np.concatenate(grids).astype(np.float64), np.concatenate(strides).astype(np.float64)
 
 
+def _area(b: np.ndarray) -> np.ndarray:
+    return (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+
+
 def _iou_one(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """get_bbox's NMS overlap (its +1 pixel areas)."""
     w = np.maximum(0.0, np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]) + 1)
     h = np.maximum(0.0, np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]) + 1)
     inter = w * h
-    area = lambda b: (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)  # noqa: E731
-    return inter / (area(box) + area(others) - inter)
+    return inter / (_area(box) + _area(others) - inter)
 
 
 def detect(output: np.ndarray) -> List[Box]:
