@@ -40,6 +40,12 @@ SessionFactory = Callable[[bytes], Any]
 SPLITS = ("eval", "calib")
 
 
+def check_split(split: str) -> None:
+    """ValueError unless ``split`` names one of the data splits (SPLITS)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+
+
 class ZooSkip(Fp8OnnxError):
     """An entry cannot run here: an optional package or file is missing.
 

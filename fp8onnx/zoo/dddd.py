@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, package_file, require
+from .base import Feeds, ZooEntry, check_split, package_file, require
 from .ocr import edit_distance, render_line
 
 __all__ = ["DdddOcrEntry", "words", "preprocess", "ctc_decode", "dddd_entries"]
@@ -63,8 +63,7 @@ def _words(split: str) -> Tuple[str, ...]:
 
 def words(split: str, n: int) -> List[str]:
     """The first ``n`` distinct words (letters and digits) of ``split``."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     return list(_words(split)[:n])
 
 

@@ -26,6 +26,7 @@ from typing import Iterator, List
 import numpy as np
 
 from . import prose
+from .base import check_split
 from .ocr import _font
 from .photos import skimage_photo
 
@@ -72,8 +73,7 @@ def page_plan(split: str) -> tuple:
     """Every page the split's prose fills, as a tuple of layout elements
     ``(kind, y, payload)``; each paragraph is shown once, in order, a paragraph cut at
     the foot of a page going on at the top of the next."""
-    if split not in PHOTOS:
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     paras = prose.paragraphs(split)
     plans, pos, d, carry = [], 0, 0, []
     width = PAGE[0] - 2 * MARGIN

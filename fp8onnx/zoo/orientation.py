@@ -40,7 +40,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 
 from . import prose
-from .base import Feeds, ZooEntry, package_file
+from .base import Feeds, ZooEntry, check_split, package_file
 from .ocr import render_page
 from .photos import SKIMAGE_HINT, skimage_photo
 
@@ -126,8 +126,7 @@ def _documents(split: str) -> Tuple[Tuple[Tuple[int, Tuple[str, ...]], ...], ...
 
 def documents(split: str, n: int) -> List[np.ndarray]:
     """The first ``n`` rendered documents of ``split`` (RGB uint8, 320 or 640 x 640)."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     return [np.concatenate([render_page(list(lines), size) for size, lines in doc])
             for doc in _documents(split)[:n]]
 

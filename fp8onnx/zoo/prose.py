@@ -17,6 +17,8 @@ import zlib
 from functools import lru_cache
 from typing import List
 
+from .base import check_split
+
 __all__ = ["paragraphs", "lines", "sentences"]
 
 # Typographic characters in the docs mapped to ASCII, which every model here reads.
@@ -43,8 +45,7 @@ def _all_paragraphs() -> tuple:
 
 def paragraphs(split: str) -> List[str]:
     """Prose paragraphs of one split, ``"calib"`` or ``"eval"`` (disjoint, ~50/50)."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     want = 1 if split == "eval" else 0
     return [p for p in _all_paragraphs() if zlib.crc32(p.encode()) % 2 == want]
 

@@ -55,7 +55,7 @@ import numpy as np
 import onnx
 
 from . import prose, vad
-from .base import Feeds, ZooEntry, cache_dir, require
+from .base import Feeds, ZooEntry, cache_dir, check_split, require
 
 __all__ = ["ResemblyzerEntry", "export_encoder", "mel_spectrogram", "mel_filters", "normalize_volume",
            "partial_slices", "partials", "speech", "level", "utterances", "embed_utterance"]
@@ -222,8 +222,7 @@ def _utterance(split: str, i: int) -> Utterance:
 def utterances(split: str, n: int) -> Tuple[Utterance, ...]:
     """The first ``n`` utterances of ``split`` (fewer if the prose runs out); utterance ``i``
     is sentence ``i`` of the split, voice ``i % 8``, so a smaller ``n`` gives a prefix."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     return tuple(_utterance(split, i) for i in range(len(prose.sentences(split, n))))
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from . import prose
-from .base import Feeds, ZooEntry, ZooSkip, package_file
+from .base import Feeds, ZooEntry, ZooSkip, check_split, package_file
 
 __all__ = ["SileroVADEntry", "onnx_path", "stream", "clips", "Clip"]
 
@@ -159,8 +159,7 @@ def _speech_frames(speech: np.ndarray) -> np.ndarray:
 def clips(split: str, n: int) -> Tuple[Clip, ...]:
     """The first ``n`` clips of ``split`` (fewer if the prose runs out); clip ``i`` depends
     only on ``split`` and ``i``, so a smaller ``n`` gives a prefix of a larger one."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     count = len(prose.sentences(split, 2 * n)) // 2
     return tuple(_clip(split, i) for i in range(count))
 

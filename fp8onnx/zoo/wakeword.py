@@ -41,7 +41,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from . import prose, vad
-from .base import Feeds, ZooEntry, ort_session, package_file
+from .base import Feeds, ZooEntry, check_split, ort_session, package_file
 
 __all__ = ["WakeWordEmbeddingEntry", "HEADS", "clips", "windows", "head_scores"]
 
@@ -132,8 +132,7 @@ def _clip(split: str, i: int) -> Clip:
 def clips(split: str, n: int) -> Tuple[Clip, ...]:
     """The first ``n`` clips of ``split`` (fewer if the prose runs out); clip ``i`` depends
     only on ``split`` and ``i``, so a smaller ``n`` gives a prefix of a larger one."""
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     return tuple(_clip(split, i) for i in range(len(prose.sentences(split, n))))
 
 
