@@ -33,7 +33,8 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from .base import Feeds, ZooEntry, package_file
+from . import yolo
+from .base import Feeds, ZooEntry, check_split, package_file
 from .photos import SKIMAGE_HINT, skimage_photo
 
 __all__ = ["DdddDetEntry", "detect", "image", "preprocess", "box_f1"]
@@ -100,8 +101,7 @@ def image(split: str, i: int) -> Tuple[np.ndarray, Tuple[Box, ...]]:
     """Image ``i`` of ``split``: (RGB uint8 416 x 416 x 3, truth boxes of its characters)."""
     from PIL import Image
 
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
+    check_split(split)
     rng = np.random.default_rng(zlib.crc32(f"ddddocr_det/{split}/{i}".encode()))
     canvas = Image.fromarray(_background(split, i, rng))
     boxes: List[Box] = []
@@ -171,35 +171,16 @@ def detect(output: np.ndarray) -> List[Box]:
     return out
 
 
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _matches(preds: List[Box], refs: List[Box], iou: float) -> int:
-    """Detections matched one-to-one, greedily in the detector's score order, at IoU >= iou."""
-    used, hits = set(), 0
-    for p in preds:
-        best, best_j = iou, None
-        for j, r in enumerate(refs):
-            if j not in used:
-                v = _iou(p, r)
-                if v >= best:
-                    best, best_j = v, j
-        if best_j is not None:
-            used.add(best_j)
-            hits += 1
-    return hits
-
-
 def box_f1(preds: List[List[Box]], refs: List[List[Box]], iou: float = 0.5) -> Tuple[float, float, float]:
-    """(F1, recall, precision) of per-image detections against reference boxes."""
-    tp = sum(_matches(p, r, iou) for p, r in zip(preds, refs))
+    """(F1, recall, precision) of per-image detections (in the detector's score order)
+    against reference boxes: ``yolo.box_f1``'s greedy one-to-one matching at IoU >= iou."""
+    def as_dets(boxes: List[Box]) -> List[dict]:
+        return [{"class": 0, "score": -k, "box": [x1, y1, x2 - x1, y2 - y1]}
+                for k, (x1, y1, x2, y2) in enumerate(boxes)]
+
+    f1 = yolo.box_f1([as_dets(p) for p in preds], [as_dets(r) for r in refs], iou)
     n_pred, n_ref = sum(map(len, preds)), sum(map(len, refs))
-    f1 = 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0
+    tp = f1 * (n_pred + n_ref) / 2
     return f1, (tp / n_ref if n_ref else 1.0), (tp / n_pred if n_pred else 1.0)
 
 
