@@ -16,6 +16,11 @@ from . import ZooSkip, entries, get
 from .facts import describe
 
 
+def _details(details: dict) -> str:
+    """`` k=v`` for an entry's secondary figures: counts as integers, rates to 4 places."""
+    return "".join(f" {k}={v}" if isinstance(v, int) else f" {k}={v:.4f}" for k, v in details.items())
+
+
 def _fp8_row(e, args) -> str:
     from .fp8eval import fp8_vs_fp32
 
@@ -26,7 +31,7 @@ def _fp8_row(e, args) -> str:
                               ("pow2_scales", args.pow2_scales),
                               ("underflow_guard", args.underflow_guard)) if v}
     r = fp8_vs_fp32(e, calib_n=args.calib_n, eval_n=args.n, **opts)
-    extra = "".join(f" {k}={v:.4f}" for k, v in r["details"].items())
+    extra = _details(r["details"])
     return (f"{e.name:18s} fp32 {r['fp32']:.4f}  fp8 {r['fp8']:.4f}  relative loss "
             f"{r['relative_loss']:+.4f}{extra}  compile {r['compile_s']:.1f}s eval {r['eval_s']:.1f}s")
 
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
             status = 1
             continue
         n = e.default_eval_n if args.n is None else args.n
-        extra = "".join(f" {k}={v:.4f}" for k, v in e.last_details.items())
+        extra = _details(e.last_details)
         print(f"{e.name:18s} {e.domain}/{e.family:11s} {e.metric_name}: {metric:.4f} (n={n}){extra}"
               f"  load {t_load:.2f}s eval {t_eval:.2f}s", flush=True)
         if args.facts:
