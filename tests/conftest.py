@@ -51,6 +51,19 @@ def entry_or_skip(name: str) -> zoo.ZooEntry:
     return entry
 
 
+@pytest.fixture(scope="module")
+def entry(request):
+    """The zoo entry a test module names in ``ZOO_ENTRY``: available, else the test fails
+    (its packages are all in the test extras) or skips with the install hint."""
+    return entry_or_skip(request.module.ZOO_ENTRY)
+
+
+@pytest.fixture(scope="module")
+def fp32(entry):
+    """An onnxruntime session of the module's entry's FP32 model."""
+    return zoo.ort_session(entry.load().SerializeToString())
+
+
 @pytest.fixture
 def zoo_must_run():
     """``must_run(entry)``: whether the entry's packages are all in the dev extra."""

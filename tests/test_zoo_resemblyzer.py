@@ -19,20 +19,12 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo import resemblyzer as rz
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("resemblyzer")  # fails, not skips, where the test extras are installed
-
-
-@pytest.fixture(scope="module")
-def fp32(entry):
-    return zoo.ort_session(entry.load().SerializeToString())
+ZOO_ENTRY = "resemblyzer"   # the conftest fixtures entry and fp32 read it
 
 
 @pytest.fixture(scope="module")

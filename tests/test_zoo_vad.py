@@ -8,20 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo import vad
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("silero_vad")  # fails, not skips, where the test extras are installed
-
-
-@pytest.fixture(scope="module")
-def fp32(entry):
-    return zoo.ort_session(entry.load().SerializeToString())
+ZOO_ENTRY = "silero_vad"   # the conftest fixtures entry and fp32 read it
 
 
 def test_stream_matches_silero_onnx_wrapper(entry, fp32):

@@ -7,23 +7,14 @@ each clip says for the metric."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from conftest import entry_or_skip
 from fp8onnx import zoo
 from fp8onnx.api import compile_model
 from fp8onnx.zoo import wakeword as ww
 from fp8onnx.zoo.fp8eval import session_for
 
 
-@pytest.fixture(scope="module")
-def entry():
-    return entry_or_skip("oww_embedding")  # fails, not skips, where the test extras are installed
-
-
-@pytest.fixture(scope="module")
-def fp32(entry):
-    return zoo.ort_session(entry.load().SerializeToString())
+ZOO_ENTRY = "oww_embedding"   # the conftest fixtures entry and fp32 read it
 
 
 def test_pipeline_equals_openwakewords_audio_features(entry, fp32):
