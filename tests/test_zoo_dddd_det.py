@@ -9,10 +9,8 @@ import io
 
 import numpy as np
 
-from fp8onnx import zoo
-from fp8onnx.api import compile_model
 from fp8onnx.zoo import dddd_det as dd
-from fp8onnx.zoo.fp8eval import session_for
+from fp8onnx.zoo.fp8eval import fp8_vs_fp32
 
 
 ZOO_ENTRY = "ddddocr_det"   # the conftest fixtures entry and fp32 read it
@@ -56,14 +54,8 @@ def test_fp32_finds_the_drawn_characters(entry, fp32):
 def test_e3m4_keeps_the_boxes_and_e4m3_moves_more(entry):
     """The paper's CV ranking on this detector: E3M4's extra mantissa bit keeps FP32's
     boxes; E4M3 moves more of them (measured, both with max scaling)."""
-    calib = list(entry.calib_feeds(16))
-    n = 24
-    m32 = entry.evaluate(n=n)
-    vs_fp32 = {}
-    for fmt in ("e3m4", "e4m3"):
-        q = compile_model(entry.load(), calibration=calib, format=fmt, emit="emulate").model
-        metric = entry.evaluate(q, n=n, session_factory=session_for(q))
-        vs_fp32[fmt] = entry.last_details["f1_vs_fp32"]
-        if fmt == "e3m4":
-            assert zoo.relative_loss(m32, metric) <= 0.03
+    runs = {fmt: fp8_vs_fp32(entry, calib_n=16, eval_n=24, format=fmt, emit="emulate")
+            for fmt in ("e3m4", "e4m3")}
+    assert runs["e3m4"]["relative_loss"] <= 0.03
+    vs_fp32 = {fmt: r["details"]["f1_vs_fp32"] for fmt, r in runs.items()}
     assert vs_fp32["e3m4"] >= 0.95 and vs_fp32["e3m4"] > vs_fp32["e4m3"]
