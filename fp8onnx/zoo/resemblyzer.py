@@ -42,7 +42,6 @@ default 48 eval utterances)::
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import warnings
@@ -55,7 +54,7 @@ import numpy as np
 import onnx
 
 from . import prose, vad
-from .base import Feeds, ZooEntry, cache_dir, check_split, require
+from .base import Feeds, EXPORT_HINT, ExportedEntry, check_split, require
 
 __all__ = ["ResemblyzerEntry", "export_encoder", "mel_spectrogram", "mel_filters", "normalize_volume",
            "partial_slices", "partials", "speech", "level", "utterances", "embed_utterance"]
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 
 PIP = "pip install torch==2.13.0 resemblyzer"
 HINT = f"resemblyzer ({PIP})"
-EXPORT_HINT = "torch to build the ONNX file once (pip install torch==2.13.0)"
 WEIGHTS = ("resemblyzer", "pretrained.pt")
 ONNX_NAME = "voice_encoder.{version}.opset17.v1.onnx"   # bump v1 when the export changes
 INPUT, OUTPUT = "mels", "embedding"
@@ -305,7 +303,7 @@ def _centroid_assignments(emb: np.ndarray, voices: np.ndarray) -> Tuple[np.ndarr
     return rows, out
 
 
-class ResemblyzerEntry(ZooEntry):
+class ResemblyzerEntry(ExportedEntry):
     """Resemblyzer's GE2E LSTM speaker encoder; metric: utterance-embedding cosine to FP32."""
 
     name = "resemblyzer"
@@ -315,29 +313,17 @@ class ResemblyzerEntry(ZooEntry):
     metric_name = "mean cosine to FP32 utterance embeddings"
     default_eval_n = 48
     package_model, package_hint = WEIGHTS, HINT
+    onnx_name = ONNX_NAME
     requires = (("scipy", vad.SCIPY_HINT),)
 
     def check_available(self) -> None:
         """ZooSkip unless the checkpoint, scipy and espeak-ng are there and the ONNX file is
         cached or torch can build it."""
-        super().check_available()   # the package's checkpoint (find_spec), then scipy
+        super().check_available()   # the package's checkpoint (find_spec), scipy, then torch
         vad._espeak()
-        if not self.onnx_path().exists():
-            require("torch", EXPORT_HINT)
 
-    def onnx_path(self) -> Path:
-        """The exported model in the cache, named after the package version it came from."""
-        try:
-            version = importlib.metadata.version("resemblyzer")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        return cache_dir("resemblyzer") / ONNX_NAME.format(version=version)
-
-    def _load(self) -> onnx.ModelProto:
-        path = self.onnx_path()
-        if not path.exists():
-            export_encoder(path)
-        return onnx.load(path)
+    def export(self, path: Path) -> None:
+        export_encoder(path)
 
     def utterances(self, split: str, n: int) -> Tuple[Utterance, ...]:
         self.check_available()
