@@ -524,3 +524,23 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_keep_export_moves_a_matching_export_and_deletes_a_differing_one(tmp_path):
+    """The exporters' shared ending: a torch export whose onnxruntime outputs differ is
+    deleted with an error naming the model and the gap; a matching one lands at its path,
+    the edited model if one is given."""
+    from fp8onnx.zoo.base import keep_export
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    tmp, path = tmp_path / "m.tmp1", tmp_path / "m.onnx"
+    tmp.write_bytes(b"traced")
+    with pytest.raises(RuntimeError, match=r"^CREPE tiny ONNX export differs from torch by 0\.5$"):
+        keep_export(tmp, path, np.zeros(3), np.array([0, 0, 0.5]), atol=1e-5, what="CREPE tiny")
+    assert not tmp.exists() and not path.exists()
+    tmp.write_bytes(b"traced")
+    assert keep_export(tmp, path, np.zeros(3), np.full(3, 1e-6), atol=1e-5, what="x") == path
+    assert path.read_bytes() == b"traced" and not tmp.exists()
+    tmp.write_bytes(b"traced")
+    keep_export(tmp, path, np.zeros(3), np.zeros(3), atol=1e-5, what="x", model=model)
+    assert onnx.load(path).graph.name == "g" and not tmp.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +33,7 @@ from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
     "SPLITS", "cache_dir", "package_file", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
-    "ExportedEntry", "EXPORT_HINT",
+    "ExportedEntry", "EXPORT_HINT", "keep_export",
 ]
 
 Feeds = Dict[str, np.ndarray]
@@ -120,6 +121,22 @@ def relative_loss(metric_fp32: float, metric_q: float) -> float:
 def metadata_lines(model: onnx.ModelProto, key: str = "character") -> List[str]:
     """The lines of ``model.metadata_props[key]`` (see :meth:`ZooEntry.metadata_lines`)."""
     return {p.key: p.value for p in model.metadata_props}[key].splitlines()
+
+
+def keep_export(tmp: Path, path: Path, got: np.ndarray, want: np.ndarray, *, atol: float, what: str,
+                model: Optional[onnx.ModelProto] = None) -> Path:
+    """Move a torch export from ``tmp`` to ``path`` if onnxruntime's outputs ``got`` match
+    torch's ``want`` within ``atol`` (else delete ``tmp`` and raise). ``model``, if given, is
+    the export as edited after tracing and is what gets written. The rename is atomic, so a
+    concurrent reader never sees half a file."""
+    if not np.allclose(got, want, atol=atol):
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{what} ONNX export differs from torch by {np.abs(got - want).max():g}")
+    if model is not None:
+        onnx.save(model, tmp)
+    os.replace(tmp, path)
+    logging.getLogger("fp8onnx.zoo").info("exported %s to %s", what, path)
+    return path
 
 
 class ZooEntry:

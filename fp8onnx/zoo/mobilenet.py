@@ -32,7 +32,7 @@ from typing import Iterator, List
 import numpy as np
 import onnx
 
-from .base import Feeds, ZooEntry, ZooSkip, cache_dir, require
+from .base import Feeds, ZooEntry, ZooSkip, cache_dir, keep_export, ort_session, require
 from .photos import SKIMAGE_HINT, skimage_photo
 
 __all__ = ["MobileNetV2Entry", "export_mobilenet_v2"]
@@ -123,15 +123,8 @@ def export_mobilenet_v2(path: Path) -> Path:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
         want = net(x).numpy()
-    from .base import ort_session
-
     got = ort_session(tmp.read_bytes()).run(["logits"], {"input": x.numpy()})[0]
-    if not np.allclose(got, want, atol=1e-3):
-        tmp.unlink()
-        raise RuntimeError(f"MobileNetV2 ONNX export differs from torch by {np.abs(got - want).max():g}")
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    log.info("exported MobileNetV2 to %s", path)
-    return path
+    return keep_export(tmp, path, got, want, atol=1e-3, what="MobileNetV2")
 
 
 def _normalize(rgb: np.ndarray) -> np.ndarray:

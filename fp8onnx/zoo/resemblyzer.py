@@ -54,7 +54,7 @@ import numpy as np
 import onnx
 
 from . import prose, vad
-from .base import Feeds, EXPORT_HINT, ExportedEntry, check_split, require
+from .base import Feeds, EXPORT_HINT, ExportedEntry, check_split, keep_export, ort_session, require
 
 __all__ = ["ResemblyzerEntry", "export_encoder", "mel_spectrogram", "mel_filters", "normalize_volume",
            "partial_slices", "partials", "speech", "level", "utterances", "embed_utterance"]
@@ -270,18 +270,10 @@ def export_encoder(path: Path) -> Path:
                           opset_version=17, dynamo=False)
         check = torch.from_numpy(np.concatenate([_partials("calib", 1), _partials("calib", 2)])[:, :123].copy())
         want = net(check).numpy()
-    from .base import ort_session
-
     got = ort_session(tmp.read_bytes()).run([OUTPUT], {INPUT: check.numpy()})[0]
-    if not np.allclose(got, want, atol=1e-5):
-        tmp.unlink()
-        raise RuntimeError(f"voice encoder ONNX export differs from torch by {np.abs(got - want).max():g}")
     model = onnx.load(tmp)
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = EMBED   # the tracer names it
-    onnx.save(model, tmp)
-    os.replace(tmp, path)   # atomic: a concurrent reader never sees half a file
-    log.info("exported resemblyzer's voice encoder to %s", path)
-    return path
+    return keep_export(tmp, path, got, want, atol=1e-5, what="voice encoder", model=model)
 
 
 def _centroid_assignments(emb: np.ndarray, voices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
