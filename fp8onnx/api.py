@@ -115,7 +115,8 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     plan = plan_quantization(work, recipe)
     _check_precision(plan)
     clip = recipe.weight_calib_method != "max"
-    if clip and recipe.bn_calib:
+    gptq = recipe.weight_rounding == "gptq"
+    if clip and recipe.bn_calib and not gptq:
         # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
         _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
         clip = False
@@ -126,13 +127,15 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     bn_corrections = None
     bn_stats = None
     guarded, advice = [], []
-    needs_data = (tensors and not recipe.dynamic) or recipe.bn_calib
+    needs_data = (tensors and not recipe.dynamic) or recipe.bn_calib or gptq
     src = None
+    grams, rounding = None, None
     if needs_data:
         if calibration is None:
             raise UserError(
                 "calibration data is needed for "
-                + ("BatchNorm calibration" if recipe.bn_calib else "activation scales")
+                + ("BatchNorm calibration" if recipe.bn_calib else
+                   "GPTQ weight rounding" if gptq else "activation scales")
                 + ": pass --calib data.npz (input names as keys), --calib DIR (one .npz feed per file) "
                 "or --calib random (no real data: poor accuracy)")
         if recipe.fix_inputs:
@@ -141,6 +144,16 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
                                                          batch_size=batch_size), work, recipe.fix_inputs)
         else:
             src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
+    if gptq:
+        # The layers' inputs are the float model's, gathered before any weight changes; the
+        # rounding itself waits for the clip (it rounds what the clip leaves) and for BN
+        # calibration, which must measure the rounded weights, it comes first.
+        grams = _weight_grams(plan, work, src)
+        if recipe.bn_calib:
+            if clip:
+                _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
+                clip = False
+            rounding = _round_weights(plan, grams)
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
@@ -166,8 +179,10 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         amax = _activation_ranges(plan, stats, recipe, ranges)
     if clip:
         # After the statistics: activation ranges are the float model's, as with max
-        # scaling, so one --calib-cache (and tune's shared one) serves both methods.
+        # scaling, so one --calib-cache (and tune's shared one) serves every weight method.
         _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
+    if gptq and rounding is None:
+        rounding = _round_weights(plan, grams)
 
     insert = InsertQDQ(plan, amax, emit=recipe.emit, saturate=recipe.saturate, dynamic=recipe.dynamic,
                        pow2_scales=recipe.pow2_scales, notes=guard_notes(guarded, recipe.underflow_guard))
@@ -181,6 +196,8 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
                           calib_seconds=calib_seconds, total_seconds=time.perf_counter() - t0)
     if bn_corrections is not None:
         report["bn_calibration"] = bn_corrections
+    if rounding is not None:
+        report["weight_rounding"] = rounding
     if recipe.underflow_guard:
         report["underflow_guard"] = {"limit": recipe.underflow_guard, "fallback": FALLBACK, "tensors": guarded}
     elif advice:
@@ -202,19 +219,10 @@ def compile(model, *, recipe=None, calibration=None, **kwargs) -> onnx.ModelProt
     return compile_model(model, recipe=recipe, calibration=calibration, **kwargs).model
 
 
-def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
-    """Clip each planned float32 weight per channel to the threshold ``method`` picks
-    (:func:`fp8onnx.qdq.weight_scales`), in place.
-
-    Max scaling of the clipped weight then gives exactly the chosen scale and codes
-    (saturation clips there anyway), so InsertQDQ and BatchNormCalibration, which use
-    max scaling, store and measure what ``method`` chose. A weight read by any node that
-    is not a planned weight use of it in one format and axis (a float node, or two
-    formats) keeps max scaling, logged.
-    """
-    from onnx import numpy_helper
-
-    from . import qdq
+def _weight_targets(plan: Plan, why: str):
+    """(index, tensor, initializer, format, axis, reader names) of each planned float32
+    weight that one format and axis quantize and only planned weight uses read. The others
+    keep max scaling and plain rounding, logged with ``why`` (the method they miss)."""
     from .graph import GraphIndex
 
     uses = {}
@@ -232,18 +240,92 @@ def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
         readers = {n.name for n in index.consumers.get(tensor, [])}
         if (init is None or init.data_type != onnx.TensorProto.FLOAT or len(kinds) != 1
                 or readers != nodes or tensor in index.graph_outputs):
-            log.info("weight %s keeps max scaling: %s", tensor,
+            log.info("weight %s keeps max scaling and nearest rounding (no %s): %s", tensor, why,
                      "used in several formats or axes" if len(kinds) != 1 else "shared with unplanned readers")
             continue
         (fmt_name, axis), = kinds
+        yield index, tensor, init, _formats.get(fmt_name), axis, nodes
+
+
+def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
+    """Clip each planned float32 weight per channel to the threshold ``method`` picks
+    (:func:`fp8onnx.qdq.weight_scales`), in place.
+
+    Max scaling of the clipped weight then gives exactly the chosen scale and codes
+    (saturation clips there anyway), so InsertQDQ and BatchNormCalibration, which use
+    max scaling, store and measure what ``method`` chose. A weight read by any node that
+    is not a planned weight use of it in one format and axis (a float node, or two
+    formats) keeps max scaling, logged.
+    """
+    from onnx import numpy_helper
+
+    from . import qdq
+
+    for _, tensor, init, fmt, axis, _ in _weight_targets(plan, f"{method} thresholds"):
         w = numpy_helper.to_array(init).astype(np.float32)
-        t, _ = qdq.weight_scales(w, _formats.get(fmt_name), axis, method, pow2=pow2)
+        t, _ = qdq.weight_scales(w, fmt, axis, method, pow2=pow2)
         shape = [1] * w.ndim
         shape[axis] = -1
         t = np.where(t > 0, t, np.float32(np.inf)).reshape(shape)  # all-zero channels stay as they are
         clipped = np.clip(w, -t, t).astype(np.float32)
         if not np.array_equal(clipped, w):
             init.CopyFrom(numpy_helper.from_array(clipped, tensor))
+
+
+def _weight_grams(plan: Plan, model: onnx.ModelProto, src) -> dict:
+    """The Gram matrices GPTQ needs, over ``src`` on the float ``model``: {"layers": {weight:
+    (layer, [matrix per group])}, "nearest": [weights GPTQ does not cover], "seconds": s}."""
+    from .calibration.gram import collect_grams, layer_for
+
+    if not src.reiterable:
+        raise UserError(f"GPTQ weight rounding reads the calibration data twice, which a {src.kind} "
+                        "source cannot give: pass an .npz, a directory of .npz feeds or a list of feeds")
+    t0 = time.perf_counter()
+    layers, nearest_only = {}, []
+    for index, tensor, init, fmt, axis, nodes in _weight_targets(plan, "GPTQ rounding"):
+        node = next((n for n in index.graph.node if n.name in nodes), None) if len(nodes) == 1 else None
+        layer = None
+        if node is not None and index.graph is model.graph and list(node.input[1:2]) == [tensor]:
+            layer = layer_for(node, tuple(init.dims), axis)
+        if layer is None:
+            nearest_only.append(tensor)
+        else:
+            layers[tensor] = (layer, tuple(init.dims))
+    grams = collect_grams(model, layers, src) if layers else {}
+    for tensor in nearest_only:
+        log.info("weight %s keeps nearest rounding: GPTQ covers Conv, Gemm and 2-D MatMul "
+                 "weights of the main graph read by one node", tensor)
+    return {"layers": {t: (layers[t][0], g) for t, g in grams.items()},
+            "nearest": sorted(nearest_only + [t for t in layers if t not in grams]),
+            "seconds": time.perf_counter() - t0}
+
+
+def _round_weights(plan: Plan, grams: dict) -> dict:
+    """GPTQ-round, in place, each planned weight ``grams`` covers, on the grid of its max
+    scale (after an mse clip, the clipped weight's): InsertQDQ's max scaling then stores
+    exactly these codes (see fp8onnx.calibration.gptq). Returns the report's entry."""
+    from onnx import numpy_helper
+
+    from . import qdq
+    from .calibration import gptq as _gptq
+    from .calibration.gram import from_rows, weight_rows
+
+    t0 = time.perf_counter()
+    rows = []
+    for _, tensor, init, fmt, axis, _ in _weight_targets(plan, "GPTQ rounding"):
+        if tensor not in grams["layers"]:
+            continue
+        layer, matrices = grams["layers"][tensor]
+        w = numpy_helper.to_array(init).astype(np.float32)
+        _, scale = qdq.weight_scales(w, fmt, axis, "max")
+        q_rows, e_near, e_gptq = _gptq.round_layer(weight_rows(w, layer), matrices, fmt,
+                                                   np.asarray(scale, np.float32).reshape(-1))
+        init.CopyFrom(numpy_helper.from_array(from_rows(q_rows, w, layer).astype(np.float32), tensor))
+        rows.append({"weight": tensor, "node": layer.node, "groups": layer.groups,
+                     # squared output error over the calibration inputs, GPTQ's over nearest rounding's
+                     "output_error_ratio": round(e_gptq / e_near, 4) if e_near > 0 else 1.0})
+    return {"method": "gptq", "seconds": round(grams["seconds"] + time.perf_counter() - t0, 3),
+            "layers": rows, "nearest": grams["nearest"]}
 
 
 def _activation_ranges(plan: Plan, stats: dict, recipe: Recipe, known: Optional[dict] = None) -> dict:

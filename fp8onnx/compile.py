@@ -15,7 +15,7 @@ from . import formats as _formats
 from . import schemes as _schemes
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
 from .errors import UserError
-from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES, WEIGHT_CALIB_METHODS
+from .recipe import BN_MODES, CALIB_METHODS, EMIT_MODES, WEIGHT_CALIB_METHODS, WEIGHT_ROUNDINGS
 
 __all__ = ["main", "build_parser"]
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, help="percentile for --calib-method percentile (default 99.99)")
     p.add_argument("--weight-calib", choices=list(WEIGHT_CALIB_METHODS),
                    help="weight scale per channel: max (amax, default) or mse (least rounding error)")
+    p.add_argument("--weight-rounding", choices=list(WEIGHT_ROUNDINGS),
+                   help="weights onto that scale's grid: nearest (default) or gptq (the rounding that "
+                        "moves each layer's outputs on the calibration data least)")
     p.add_argument("--underflow-guard", type=float, metavar="G",
                    help="quantize in E4M3 any activation whose calibration values the activation format "
                         "(E3M4) flushes to zero at a rate G above E4M3's, e.g. 0.05 (default 0: off)")
@@ -109,6 +112,7 @@ def _run(args) -> int:
         format=args.format, weight_format=args.weight_format, activation_format=args.activation_format,
         scheme=args.scheme, emit=args.emit, calib_method=args.calib_method, percentile=args.percentile,
         weight_calib_method=args.weight_calib,
+        weight_rounding=args.weight_rounding,
         exclude=args.exclude, keep_first_last=args.keep_first_last, keep_first=args.keep_first,
         pow2_scales=args.pow2_scales, opset=args.opset, dynamic=args.dynamic,
         bn_calib=args.bn_calib, bn_mode=args.bn_mode, underflow_guard=args.underflow_guard,

@@ -24,12 +24,15 @@ from . import formats as _formats
 from . import schemes as _schemes
 from .errors import UserError
 
-__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS", "WEIGHT_CALIB_METHODS", "BN_MODES"]
+__all__ = ["Recipe", "EMIT_MODES", "CALIB_METHODS", "WEIGHT_CALIB_METHODS", "WEIGHT_ROUNDINGS", "BN_MODES"]
 
 EMIT_MODES = ("auto", "qdq", "emulate")
 CALIB_METHODS = ("max", "percentile", "mse", "kl")
 #: Weight scale per channel: max (amax, the paper) or mse (threshold of least rounding error).
 WEIGHT_CALIB_METHODS = ("max", "mse")
+#: How weights meet the grid of that scale: nearest, or gptq, which rounds so that the
+#: layer's *outputs* on the calibration data move least (fp8onnx.calibration.gptq).
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: match: move kept BN statistics by what FP8 weights change (default; measured best on
 #: PP-OCR); reestimate: the paper's re-estimation from the calibration data.
 BN_MODES = ("match", "reestimate")
@@ -46,6 +49,7 @@ class Recipe:
     calib_method: str = "max"
     percentile: float = 99.99
     weight_calib_method: str = "max"
+    weight_rounding: str = "nearest"
     exclude: List[str] = field(default_factory=list)
     keep_first_last: bool = False
     #: Only the first weighted layer in float: the one that reads the raw input (an image's
@@ -130,6 +134,12 @@ class Recipe:
                     or (isinstance(value, int) and value in (0, 1))):
                 raise UserError(f"recipe key {key!r} must be true or false, not {value!r}: fix the recipe")
             setattr(self, key, bool(value))
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise UserError(f"unknown weight rounding {self.weight_rounding!r}: choose one of "
+                            f"{', '.join(WEIGHT_ROUNDINGS)}")
+        if self.weight_rounding == "gptq" and self.pow2_scales:
+            raise UserError("--weight-rounding gptq rounds onto each weight's own scale, which power-of-two "
+                            "scales move: drop --pow2-scales or use --weight-rounding nearest")
         if not isinstance(self.opset, int) or not 19 <= self.opset <= 23:
             raise UserError(f"opset {self.opset!r} is not supported: FP8 Q/DQ needs 19..23")
         for pattern in list(self.exclude) + list(self.nodes):

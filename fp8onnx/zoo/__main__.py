@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from ..recipe import WEIGHT_CALIB_METHODS, WEIGHT_ROUNDINGS
 from . import ZooSkip, entries, get
 from .facts import describe
 
@@ -27,6 +28,7 @@ def _fp8_row(e, args) -> str:
     opts = {k: v for k, v in (("format", args.format), ("scheme", args.scheme),
                               ("calib_method", args.calib_method),
                               ("weight_calib_method", args.weight_calib),
+                              ("weight_rounding", args.weight_rounding),
                               ("keep_first", args.keep_first), ("bn_calib", args.bn_calib),
                               ("pow2_scales", args.pow2_scales),
                               ("underflow_guard", args.underflow_guard)) if v}
@@ -45,8 +47,10 @@ def main(argv=None) -> int:
     ap.add_argument("--format", default=None, help="with --fp8: FP8 format (default: compiler's)")
     ap.add_argument("--scheme", default=None, help="with --fp8: operator scheme")
     ap.add_argument("--calib-method", default=None, help="with --fp8: calibration method")
-    ap.add_argument("--weight-calib", default=None, choices=["max", "mse"],
+    ap.add_argument("--weight-calib", default=None, choices=list(WEIGHT_CALIB_METHODS),
                     help="with --fp8: weight scale method (default max)")
+    ap.add_argument("--weight-rounding", default=None, choices=list(WEIGHT_ROUNDINGS),
+                    help="with --fp8: weight rounding (default nearest; gptq: least output error)")
     ap.add_argument("--keep-first", action="store_true",
                     help="with --fp8: first weighted layer in float (the compiler's --keep-first)")
     ap.add_argument("--bn-calib", action="store_true", help="with --fp8: BatchNorm calibration")

@@ -1,0 +1,113 @@
+"""Error-compensating rounding of a weight onto an FP8 grid (GPTQ, Frantar et al. 2023).
+
+Rounding each weight to its nearest grid value ignores that a layer's inputs correlate:
+on MobileNetV2's first depthwise Conv, whose 3x3 edge kernels hold large weights that
+cancel, E4M3's nearest values take the logits to 6.6 dB of SQNR against FP32 with every
+other layer exact. GPTQ rounds the inputs' columns one at a time and moves each rounding
+error onto the columns not yet rounded, weighted by the inverse of the Gram matrix
+``H = X^T X`` of the layer's inputs, so that ``||X W^T - X Q^T||`` stays small rather than
+``||W - Q||``. With an ``H`` that is diagonal (uncorrelated inputs) there is nothing to
+compensate and the result is plain nearest rounding.
+
+Everything here is a pure function of arrays. The grid is the format's with one scale per
+row (output channel), fixed before rounding; every value returned is on that grid
+(``fake_quant`` of it returns it unchanged). Each row's largest-magnitude weights are
+*locked*: they never receive compensation, so they round to the format's max and the
+max-scaled scale of the returned weight is the scale used here (the compiler re-derives
+weight scales from the weight it stores).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .. import kernels
+
+__all__ = ["gptq_round", "output_error", "nearest", "round_layer"]
+
+#: Columns rounded between two updates of the columns after them (as GPTQ's lazy batches).
+BLOCK = 128
+
+
+def _inverse_factor(gram: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + damping)^-1 (H^-1 = U^T U), damping raised until
+    the factorisation succeeds."""
+    h = np.array(gram, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0  # an input that is always 0: its weights only round
+    mean = float(np.mean(np.diag(h)))
+    for k in range(6):
+        try:
+            hd = h + np.eye(len(h)) * (damp * (10 ** k)) * mean
+            inv = np.linalg.inv(hd)
+            return np.linalg.cholesky((inv + inv.T) / 2).T
+        except np.linalg.LinAlgError:
+            continue
+    # Only a degenerate H gets here: compensation off, nearest rounding.
+    return np.eye(len(h))
+
+
+def gptq_round(w: np.ndarray, gram: np.ndarray, fmt, scale: np.ndarray, *, damp: float = 0.01,
+               block: int = BLOCK, lock: Optional[np.ndarray] = None) -> np.ndarray:
+    """``w`` [rows, K] rounded onto ``fmt``'s grid times ``scale[row]`` (float32, saturating).
+
+    ``gram``: [K, K] Gram matrix of the inputs the rows multiply. ``damp``: added to H's
+    diagonal as a fraction of its mean (GPTQ's 1%). ``lock``: [rows, K] bool, weights kept
+    out of compensation; default: each row's largest |w| (see the module note).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    rows, k = w.shape
+    scale = np.asarray(scale, dtype=np.float32).reshape(rows)
+    if lock is None:
+        amax = np.max(np.abs(w), axis=1, keepdims=True) if k else np.zeros((rows, 1), np.float32)
+        lock = (np.abs(w) >= amax) & (amax > 0)
+    u = _inverse_factor(gram, damp)
+    work = w.astype(np.float64)
+    fixed = w.astype(np.float64)
+    q = np.empty_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        errs = np.zeros((rows, i2 - i1))
+        for i in range(i1, i2):
+            col = work[:, i]
+            qc = kernels.fake_quant(fmt, np.ascontiguousarray(col, dtype=np.float32)[:, None], scale, axis=0)[:, 0]
+            q[:, i] = qc
+            err = (col - qc) / u[i, i]
+            errs[:, i - i1] = err
+            work[:, i + 1:i2] -= np.outer(err, u[i, i + 1:i2])
+            lk = lock[:, i + 1:i2]
+            work[:, i + 1:i2][lk] = fixed[:, i + 1:i2][lk]
+        if i2 < k:
+            work[:, i2:] -= errs @ u[i1:i2, i2:]
+            lk = lock[:, i2:]
+            work[:, i2:][lk] = fixed[:, i2:][lk]
+    return q
+
+
+def output_error(w: np.ndarray, q: np.ndarray, gram: np.ndarray) -> float:
+    """sum over rows of (w - q) H (w - q)^T: the squared output error over the inputs of H."""
+    e = np.asarray(w, dtype=np.float64) - np.asarray(q, dtype=np.float64)
+    return float(np.einsum("rk,kl,rl->", e, np.asarray(gram, dtype=np.float64), e))
+
+
+def nearest(w: np.ndarray, fmt, scale: np.ndarray) -> np.ndarray:
+    """Plain nearest rounding of ``w`` [rows, K] with ``scale[row]`` (the baseline)."""
+    return kernels.fake_quant(fmt, np.ascontiguousarray(w, dtype=np.float32),
+                              np.asarray(scale, dtype=np.float32), axis=0)
+
+
+def round_layer(w_rows: np.ndarray, grams, fmt, scale: np.ndarray) -> Tuple[np.ndarray, float, float]:
+    """GPTQ over each group's rows (``grams``: one matrix per group, rows split evenly);
+    returns (rounded rows, output error of nearest rounding, of GPTQ's)."""
+    groups = len(grams)
+    per = w_rows.shape[0] // groups
+    out = np.empty_like(w_rows, dtype=np.float32)
+    e_near = e_gptq = 0.0
+    for g, h in enumerate(grams):
+        sl = slice(g * per, (g + 1) * per)
+        qg = gptq_round(w_rows[sl], h, fmt, scale[sl])
+        out[sl] = qg
+        e_near += output_error(w_rows[sl], nearest(w_rows[sl], fmt, scale[sl]), h)
+        e_gptq += output_error(w_rows[sl], qg, h)
+    return out, e_near, e_gptq
