@@ -223,7 +223,7 @@ def test_timeout_is_a_failed_row():
 
 def test_config_names_round_trip():
     names = cov.config_names()
-    assert len(names) == (1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + len(cov.UG)
+    assert len(names) == (1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + len(cov.UG) + len(cov.GQ)
                           + len(cov.POW2_FORMATS) + 3 + 1 + 2)
     assert names[0] == "fp32"
     assert cov.config_spec("e3m4-std-bn-wmse-ug") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
@@ -231,6 +231,12 @@ def test_config_names_round_trip():
                                                       "underflow_guard": cov.UNDERFLOW_GUARD}
     for name in ("e3m4-std-ug", "e3m4-std-wmse-kf-ug", "e3m4-std-bn-wmse-ug"):
         assert name in names and report.split_config(name)[2] in report.UG_SETTINGS
+    assert cov.config_spec("e3m4-std-wmse-gq-kf-ug") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
+                                                         "bn_calib": False, "weight_calib_method": "mse",
+                                                         "weight_rounding": "gptq", "keep_first": True,
+                                                         "underflow_guard": cov.UNDERFLOW_GUARD}
+    for name in ("e4m3-std-gq", "int8-std-gq", "e3m4-std-wmse-gq-kf-ug", "e3m4-std-bn-wmse-gq-ug"):
+        assert name in names and report.split_config(name)[2] in report.GQ_SETTINGS
     assert cov.config_spec("e3m4-std-pow2") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                 "bn_calib": False, "pow2_scales": True}
     assert cov.config_spec("e3m4-std-wmse-kf") == {"kind": "ours", "format": "e3m4", "scheme": "standard",

@@ -41,7 +41,10 @@ KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
 #: ``-ug``: the underflow guard (``underflow_guard=0.05``): activations that E3M4 flushes to
 #: zero much more often than E4M3 get E4M3. Shown where run.
 UG_SETTINGS = (("std", "-ug"), ("std", "-wmse-kf-ug"), ("std", "-bn-wmse-ug"), ("std", "-bn-wmse-kf-ug"))
-SETTINGS = (("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS + UG_SETTINGS
+#: ``-gq``: GPTQ weight rounding (``weight_rounding="gptq"``). Shown where run.
+GQ_SETTINGS = (("std", "-gq"), ("std", "-wmse-gq-kf-ug"), ("std", "-bn-wmse-gq-ug"))
+SETTINGS = ((("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS + UG_SETTINGS
+            + GQ_SETTINGS)
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
 #: fp8onnx.tune's default FP8 search: its whole-recipe stage, then the stages of TUNED.
@@ -63,6 +66,10 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-wmse-kf-ug"): "standard + MSE weight scales, first layer float, underflow guard",
                  ("std", "-bn-wmse-ug"): "standard + BN calib + MSE weight scales, underflow guard",
                  ("std", "-bn-wmse-kf-ug"): "standard + BN calib + MSE weight scales, first layer float, underflow guard",
+                 ("std", "-gq"): "standard + GPTQ weight rounding",
+                 ("std", "-wmse-gq-kf-ug"): "standard + MSE weight scales + GPTQ rounding, first layer float, "
+                                            "underflow guard",
+                 ("std", "-bn-wmse-gq-ug"): "standard + BN calib + MSE weight scales + GPTQ rounding, underflow guard",
                  POW2: "standard, power-of-two scales",
                  TUNED: "standard + accuracy-aware tuning",
                  TUNED_RECIPES: "standard + tuning from whole recipes"}

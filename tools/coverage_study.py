@@ -88,6 +88,11 @@ POW2_FORMATS = ("e4m3", "e3m4")
 #: activations that E3M4 flushes to zero far more often than E4M3 to E4M3; on E4M3 it does nothing.
 UG = (("e3m4", ""), ("e3m4", "-wmse-kf"), ("e3m4", "-bn-wmse"), ("e3m4", "-bn-wmse-kf"))
 UNDERFLOW_GUARD = 0.05
+#: Settings run with GPTQ weight rounding (``-gq``: ``weight_rounding="gptq"``), as (format,
+#: suffix before -gq, suffix after): the default format, the CV format and INT8 with max
+#: scales, and the two best fixed recipes of nearest rounding with GPTQ in them.
+GQ = (("e4m3", "", ""), ("e3m4", "", ""), ("int8", "", ""), ("e3m4", "-wmse", "-kf-ug"),
+      ("e3m4", "-bn-wmse", "-ug"))
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
@@ -124,6 +129,7 @@ def config_names(with_peer: bool = True) -> List[str]:
     names += [f"{format_token(w, a)}-std{'-bn' if bn else ''}-wmse" for w, a, bn in WMSE]
     names += [f"{format_token(w, a)}-std{suffix}-kf" for w, a, suffix in KF]
     names += [f"{fmt}-std{suffix}-ug" for fmt, suffix in UG]
+    names += [f"{fmt}-std{before}-gq{after}" for fmt, before, after in GQ]
     names += [f"{fmt}-std-pow2" for fmt in POW2_FORMATS]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     names += [f"{fmt}-std-tuned-recipes" for fmt in RECIPE_TUNED_FORMATS]
@@ -133,13 +139,15 @@ def config_names(with_peer: bool = True) -> List[str]:
 #: The suffixes after FORMAT-SCHEME that config_spec accepts, in this order only.
 _SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("kf",), ("bn", "kf"), ("wmse", "kf"),
              ("bn", "wmse", "kf"), ("ug",), ("wmse", "kf", "ug"), ("bn", "wmse", "ug"), ("bn", "wmse", "kf", "ug"),
+             ("gq",), ("wmse", "gq", "kf", "ug"), ("bn", "wmse", "gq", "ug"),
              ("pow2",),
              ("tuned",), ("tuned", "recipes"))
 
 
 def config_spec(config: str) -> dict:
-    """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn][-wmse][-kf]``
-    (``-wmse``: least-error weight scales; ``-kf``: first weighted layer in float),
+    """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn][-wmse][-gq][-kf][-ug]``
+    (``-wmse``: least-error weight scales; ``-gq``: GPTQ weight rounding; ``-kf``: first
+    weighted layer in float; ``-ug``: the underflow guard),
     ``FORMAT-SCHEME-pow2`` (power-of-two scales) or
     ``FORMAT-SCHEME-tuned[-recipes]`` (``-recipes``: fp8onnx.tune's whole-recipe stage first),
     fp32 and the peers."""
@@ -152,8 +160,9 @@ def config_spec(config: str) -> dict:
     flags = tuple(parts[2:])
     if scheme is None or flags not in _SUFFIXES:
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn][-wmse][-kf][-ug], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] (FORMAT: e4m3, or "
-                         "e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales)")
+                         "FORMAT-std|ext[-bn][-wmse][-gq][-kf][-ug], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] "
+                         "(FORMAT: e4m3, or e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales; "
+                         "-gq: GPTQ weight rounding)")
     w, a = parse_format(parts[0])
     fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
     if flags[:1] == ("tuned",):
@@ -168,6 +177,8 @@ def config_spec(config: str) -> dict:
     spec = {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": "bn" in flags}
     if "wmse" in flags:  # absent = the compiler's default (max), so older specs read the same
         spec["weight_calib_method"] = "mse"
+    if "gq" in flags:  # absent = nearest rounding, the compiler's default
+        spec["weight_rounding"] = "gptq"
     if "kf" in flags:
         spec["keep_first"] = True
     if "pow2" in flags:

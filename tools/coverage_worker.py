@@ -204,6 +204,8 @@ def _compile_ours(entry, calib, spec):
                 calib_method=spec.get("calib_method", "max"), **entry.compile_options)
     if spec.get("weight_calib_method"):  # only when asked: older specs compile as they did
         opts["weight_calib_method"] = spec["weight_calib_method"]
+    if spec.get("weight_rounding"):
+        opts["weight_rounding"] = spec["weight_rounding"]
     if spec.get("keep_first"):
         opts["keep_first"] = True
     if spec.get("pow2_scales"):
@@ -300,6 +302,8 @@ def run_job(spec: dict) -> dict:
             row["compile_peak_rss_mb"] = _rss_mb()
             row["recipe_formats"] = _recipe_formats(q)
             row["recipe_weight_calib"] = _stored_recipe(q).get("weight_calib_method")
+            if spec.get("weight_rounding"):
+                row["recipe_weight_rounding"] = _stored_recipe(q).get("weight_rounding")
             data, factory = q.SerializeToString(), session_for(q)
             runtime = "fp8onnx" if factory is not zoo.ort_session else "ort"
             if spec.get("bn_calib"):
