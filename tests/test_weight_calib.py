@@ -131,10 +131,11 @@ def test_default_is_max_scaling_byte_for_byte():
     assert mse.SerializeToString() != default.SerializeToString()
 
 
-def _weights_only(entry, fmt, method):
+def weights_only(entry, fmt, method="max", **options):
+    """The entry's metric with ``fmt`` weights (``method`` scales) and float activations."""
     from fp8onnx.zoo.fp8eval import session_for
 
-    q = compile_model(entry.load(), format=fmt, weight_calib_method=method,
+    q = compile_model(entry.load(), format=fmt, weight_calib_method=method, **options,
                       nodes={".": {"weight": fmt, "activation": "float"}},
                       calibration=list(entry.calib_feeds(32)), **entry.compile_options).model
     return entry.evaluate(q, session_factory=session_for(q))
@@ -145,7 +146,7 @@ def test_mobilenet_v2_e4m3_weights_only_agreement_rises_with_mse(zoo_entry):
     # Measured: top-1 agreement with FP32 0.667 (max) -> 0.900 (mse); the loss is one
     # depthwise layer's kernels, where clipping an outlier buys finer steps for the rest.
     e = zoo_entry("mobilenet_v2")
-    assert _weights_only(e, "e4m3", "mse") >= _weights_only(e, "e4m3", "max") + 0.1
+    assert weights_only(e, "e4m3", "mse") >= weights_only(e, "e4m3", "max") + 0.1
 
 
 def test_nudenet_full_e4m3_scores_no_worse_with_mse(zoo_entry):

@@ -135,21 +135,23 @@ def patches(x: np.ndarray, layer: GramLayer, max_rows: int = MAX_ROWS) -> List[n
     n = len(layer.kernel)
     begin, end = _pads(layer, x.shape[2:])
     xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
-    outs = [(xp.shape[2 + i] - (layer.dilations[i] * (layer.kernel[i] - 1) + 1)) // layer.strides[i] + 1
-            for i in range(n)]
+    outs = tuple((xp.shape[2 + i] - (layer.dilations[i] * (layer.kernel[i] - 1) + 1)) // layer.strides[i] + 1
+                 for i in range(n))
     c = x.shape[1] // layer.groups
     positions = x.shape[0] * int(np.prod(outs))
     step = max(1, -(-positions // max_rows))
+    # Only the kept positions are gathered (every step-th of the flattened batch x output
+    # grid), so a large feature map never costs its full im2col matrix.
+    where = np.unravel_index(np.arange(0, positions, step), (x.shape[0],) + outs)
+    batch, out_pos = where[0], where[1:]
     result = []
     for g in range(layer.groups):
         xs = xp[:, g * c:(g + 1) * c]
-        cols = np.empty((x.shape[0],) + tuple(outs) + (c,) + layer.kernel, dtype=np.float32)
+        cols = np.empty((len(batch), c) + layer.kernel, dtype=np.float32)
         for offs in np.ndindex(*layer.kernel):
-            sl = tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
-                       for o, d, s, m in zip(offs, layer.dilations, layer.strides, outs))
-            # [N, c, *outs] -> [N, *outs, c]
-            cols[(slice(None),) * (1 + n) + (slice(None),) + offs] = np.moveaxis(xs[(slice(None), slice(None)) + sl], 1, -1)
-        result.append(np.ascontiguousarray(cols.reshape(positions, -1)[::step]))
+            at = tuple(o * s + k * d for o, s, k, d in zip(out_pos, layer.strides, offs, layer.dilations))
+            cols[(slice(None), slice(None)) + offs] = xs[(batch, slice(None)) + at]
+        result.append(cols.reshape(len(batch), -1))
     return result
 
 
