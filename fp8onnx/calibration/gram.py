@@ -124,14 +124,14 @@ def _pads(layer: GramLayer, size: Tuple[int, ...]) -> Tuple[List[int], List[int]
     return list(layer.pads[:n]), list(layer.pads[n:])
 
 
-def patches(x: np.ndarray, layer: GramLayer, max_rows: int = MAX_ROWS) -> List[np.ndarray]:
-    """Per group, the [P, K] float32 matrix the layer's weight rows multiply (P rows:
-    batch x output positions, at most about ``max_rows``)."""
+def patches(x: np.ndarray, layer: GramLayer, max_rows: int = MAX_ROWS) -> np.ndarray:
+    """The [groups, P, K] float32 matrices the layer's weight rows multiply, group by group
+    (P rows: batch x output positions, at most about ``max_rows``)."""
     x = np.asarray(x, dtype=np.float32)
     if layer.op_type != "Conv":
         rows = x.reshape(-1, x.shape[-1])
         step = max(1, -(-rows.shape[0] // max_rows))
-        return [np.ascontiguousarray(rows[::step])]
+        return np.ascontiguousarray(rows[::step])[None]
     n = len(layer.kernel)
     begin, end = _pads(layer, x.shape[2:])
     xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
@@ -141,18 +141,15 @@ def patches(x: np.ndarray, layer: GramLayer, max_rows: int = MAX_ROWS) -> List[n
     positions = x.shape[0] * int(np.prod(outs))
     step = max(1, -(-positions // max_rows))
     # Only the kept positions are gathered (every step-th of the flattened batch x output
-    # grid), so a large feature map never costs its full im2col matrix.
+    # grid), so a large feature map never costs its full im2col matrix; all groups at once,
+    # as a depthwise Conv has hundreds of them.
     where = np.unravel_index(np.arange(0, positions, step), (x.shape[0],) + outs)
     batch, out_pos = where[0], where[1:]
-    result = []
-    for g in range(layer.groups):
-        xs = xp[:, g * c:(g + 1) * c]
-        cols = np.empty((len(batch), c) + layer.kernel, dtype=np.float32)
-        for offs in np.ndindex(*layer.kernel):
-            at = tuple(o * s + k * d for o, s, k, d in zip(out_pos, layer.strides, offs, layer.dilations))
-            cols[(slice(None), slice(None)) + offs] = xs[(batch, slice(None)) + at]
-        result.append(cols.reshape(len(batch), -1))
-    return result
+    cols = np.empty((len(batch), layer.groups, c) + layer.kernel, dtype=np.float32)
+    for offs in np.ndindex(*layer.kernel):
+        at = tuple(o * s + k * d for o, s, k, d in zip(out_pos, layer.strides, offs, layer.dilations))
+        cols[(slice(None),) * 3 + offs] = xp[(batch, slice(None)) + at].reshape(len(batch), layer.groups, c)
+    return np.ascontiguousarray(cols.reshape(len(batch), layer.groups, -1).transpose(1, 0, 2))
 
 
 def _gram_bytes(layer: GramLayer, w_shape: Tuple[int, ...]) -> int:
@@ -162,8 +159,8 @@ def _gram_bytes(layer: GramLayer, w_shape: Tuple[int, ...]) -> int:
 
 def collect_grams(model: onnx.ModelProto, layers: Dict[str, Tuple[GramLayer, Tuple[int, ...]]],
                   source: Iterable, *, max_bytes: int = MAX_BYTES, max_rows: int = MAX_ROWS,
-                  progress: Optional[bool] = None) -> Dict[str, List[np.ndarray]]:
-    """{weight: [X^T X per group]} over every feed of ``source`` (float64, K x K).
+                  progress: Optional[bool] = None) -> Dict[str, np.ndarray]:
+    """{weight: X^T X per group, [groups, K, K] float64} over every feed of ``source``.
 
     ``layers``: {weight name: (layer, weight shape)}. The float ``model`` is run with only
     the layers' inputs as outputs; the layers are split into groups of at most
@@ -183,7 +180,7 @@ def collect_grams(model: onnx.ModelProto, layers: Dict[str, Tuple[GramLayer, Tup
         used += b
     types = {layers[w][0].input: onnx.TensorProto.FLOAT for w in order}
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    out: Dict[str, List[np.ndarray]] = {}
+    out: Dict[str, np.ndarray] = {}
     for gi, group in enumerate(g for g in groups if g):
         inputs = list(dict.fromkeys(layers[w][0].input for w in group))
         sess = _session(model, inputs, types, None)
@@ -198,10 +195,8 @@ def collect_grams(model: onnx.ModelProto, layers: Dict[str, Tuple[GramLayer, Tup
             for w in group:
                 layer = layers[w][0]
                 ps = patches(arrays[layer.input], layer, max_rows)
-                if grams[w] is None:
-                    grams[w] = [np.zeros((p.shape[1], p.shape[1])) for p in ps]
-                for acc, p in zip(grams[w], ps):
-                    acc += (p.T @ p).astype(np.float64)
+                g = np.matmul(ps.transpose(0, 2, 1), ps).astype(np.float64)  # per group X^T X
+                grams[w] = g if grams[w] is None else grams[w] + g
             del arrays
             if bar is not None:
                 bar.update(src.samples_in(feed))
