@@ -275,7 +275,7 @@ def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
 def _weight_grams(plan: Plan, model: onnx.ModelProto, src) -> dict:
     """The Gram matrices GPTQ needs, over ``src`` on the float ``model``: {"layers": {weight:
     (layer, [matrix per group])}, "nearest": [weights GPTQ does not cover], "seconds": s}."""
-    from .calibration.gram import collect_grams, layer_for
+    from .calibration.gram import MAX_INPUTS, collect_grams, inputs_per_output, layer_for
 
     if not src.reiterable:
         raise UserError(f"GPTQ weight rounding reads the calibration data twice, which a {src.kind} "
@@ -287,14 +287,15 @@ def _weight_grams(plan: Plan, model: onnx.ModelProto, src) -> dict:
         layer = None
         if node is not None and index.graph is model.graph and list(node.input[1:2]) == [tensor]:
             layer = layer_for(node, tuple(init.dims), axis)
-        if layer is None:
+        if layer is None or inputs_per_output(layer, tuple(init.dims)) > MAX_INPUTS:
             nearest_only.append(tensor)
         else:
             layers[tensor] = (layer, tuple(init.dims))
     grams = collect_grams(model, layers, src) if layers else {}
     for tensor in nearest_only:
         log.info("weight %s keeps nearest rounding: GPTQ covers Conv, Gemm and 2-D MatMul "
-                 "weights of the main graph read by one node", tensor)
+                 "weights of the main graph read by one node, with at most %d inputs per output",
+                 tensor, MAX_INPUTS)
     return {"layers": {t: (layers[t][0], g) for t, g in grams.items()},
             "nearest": sorted(nearest_only + [t for t in layers if t not in grams]),
             "seconds": time.perf_counter() - t0}

@@ -319,3 +319,21 @@ def test_ppocr_cls_e3m4_with_gptq_reads_at_least_as_many_lines_as_fp32(zoo_entry
             ratios = [row["output_error_ratio"] for row in r.report["weight_rounding"]["layers"]]
     assert scores["gptq"] >= scores["nearest"]
     assert len(ratios) > 20 and float(np.median(ratios)) < 0.8
+
+
+def test_wide_layers_keep_nearest_rounding_and_say_so():
+    from fp8onnx.calibration.gram import MAX_INPUTS, rows_per_feed
+
+    rng = np.random.default_rng(10)
+    k = MAX_INPUTS + 1
+    w = rng.standard_normal((4, k)).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", transB=1)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    r = compile_model(m, calibration=[{"x": rng.standard_normal((2, k)).astype(np.float32)}], format="e4m3",
+                      emit="qdq", weight_rounding="gptq")
+    assert r.report["weight_rounding"]["nearest"] == ["W"] and r.report["weight_rounding"]["layers"] == []
+    # wide layers take fewer rows per feed, never fewer than 256
+    assert rows_per_feed(27) == 16384 and 256 <= rows_per_feed(384) < 16384 and rows_per_feed(4608) == 256

@@ -11,8 +11,9 @@ Memory: one float64 ``K x K`` matrix per group (K = inputs per output: C/g * ker
 for a Conv), never the activations of more than one feed. The layers are split into groups
 whose matrices fit ``max_bytes``; each group reads the source once (as activation
 statistics do with ``max_bytes_per_run``). Very large inputs are subsampled at a regular
-stride to at most ``max_rows`` patch rows per feed, which bounds the cost of each feed's
-``X^T X`` product.
+stride to at most ``max_rows`` patch rows per feed (fewer for wide layers, see
+:data:`ROW_FLOPS`), which bounds the cost of each feed's ``X^T X`` product; layers with
+more than :data:`MAX_INPUTS` inputs per output get no layer.
 
 Layer orientation (the weight as rows = output channels, columns = inputs, in the order
 the patches' columns follow) is :func:`weight_rows`; what cannot be oriented that way
@@ -34,12 +35,21 @@ from onnx import helper
 from .collect import _run, _session
 from .data import CalibrationSource, open_source
 
-__all__ = ["GramLayer", "layer_for", "patches", "weight_rows", "from_rows", "collect_grams"]
+__all__ = ["GramLayer", "layer_for", "patches", "weight_rows", "from_rows", "collect_grams",
+           "inputs_per_output", "rows_per_feed", "MAX_INPUTS"]
 
 log = logging.getLogger(__name__)
 
 #: Patch rows per feed and layer above which rows are taken at a regular stride.
 MAX_ROWS = 16384
+#: ... and fewer for wide layers: about this many multiply-adds per feed for a layer's
+#: X^T X (rows x K^2), but never under MIN_ROWS rows.
+ROW_FLOPS = 5e8
+MIN_ROWS = 256
+#: Inputs per output (K) above which a weight keeps nearest rounding: its K x K matrix
+#: and its inversion cost more than the rounding is worth (4608 = a 3x3 Conv over 512
+#: channels; CREPE's 64-tap Convs over 128 channels have 8192).
+MAX_INPUTS = 4608
 #: Bytes of Gram matrices held at once (float64); more layers mean more passes.
 MAX_BYTES = 1 << 30
 
@@ -152,8 +162,18 @@ def patches(x: np.ndarray, layer: GramLayer, max_rows: int = MAX_ROWS) -> np.nda
     return np.ascontiguousarray(cols.reshape(len(batch), layer.groups, -1).transpose(1, 0, 2))
 
 
+def inputs_per_output(layer: GramLayer, w_shape: Tuple[int, ...]) -> int:
+    """K: the length of one weight row (a Conv's C/g x kernel, a Gemm's or MatMul's K)."""
+    return int(np.prod(w_shape[1:])) if not layer.transposed else int(w_shape[0])
+
+
+def rows_per_feed(k: int, max_rows: int = MAX_ROWS) -> int:
+    """Patch rows a feed contributes for a layer of K inputs per output."""
+    return int(max(MIN_ROWS, min(max_rows, ROW_FLOPS // max(1, k * k))))
+
+
 def _gram_bytes(layer: GramLayer, w_shape: Tuple[int, ...]) -> int:
-    k = int(np.prod(w_shape[1:])) if not layer.transposed else int(w_shape[0])
+    k = inputs_per_output(layer, w_shape)
     return layer.groups * k * k * 8
 
 
@@ -194,7 +214,8 @@ def collect_grams(model: onnx.ModelProto, layers: Dict[str, Tuple[GramLayer, Tup
             arrays = dict(zip(inputs, _run(sess, inputs, feed, k)))
             for w in group:
                 layer = layers[w][0]
-                ps = patches(arrays[layer.input], layer, max_rows)
+                k_in = inputs_per_output(layer, layers[w][1])
+                ps = patches(arrays[layer.input], layer, rows_per_feed(k_in, max_rows))
                 g = np.matmul(ps.transpose(0, 2, 1), ps).astype(np.float64)  # per group X^T X
                 grams[w] = g if grams[w] is None else grams[w] + g
             del arrays
