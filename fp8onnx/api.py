@@ -274,7 +274,7 @@ def _clip_weights(plan: Plan, method: str, pow2: bool = False) -> None:
 
 def _weight_grams(plan: Plan, model: onnx.ModelProto, src) -> dict:
     """The Gram matrices GPTQ needs, over ``src`` on the float ``model``: {"layers": {weight:
-    (layer, [matrix per group])}, "nearest": [weights GPTQ does not cover], "seconds": s}."""
+    (layer, [groups, K, K] matrices)}, "nearest": [weights GPTQ does not cover], "seconds": s}."""
     from .calibration.gram import MAX_INPUTS, collect_grams, inputs_per_output, layer_for
 
     if not src.reiterable:

@@ -22,7 +22,6 @@ layer and keeps plain rounding.
 """
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ from .data import CalibrationSource, open_source
 
 __all__ = ["GramLayer", "layer_for", "patches", "weight_rows", "from_rows", "collect_grams",
            "inputs_per_output", "rows_per_feed", "MAX_INPUTS"]
-
-log = logging.getLogger(__name__)
 
 #: Patch rows per feed and layer above which rows are taken at a regular stride.
 MAX_ROWS = 16384
