@@ -283,7 +283,8 @@ def _weight_grams(plan: Plan, model: onnx.ModelProto, src) -> dict:
     t0 = time.perf_counter()
     layers, nearest_only = {}, []
     for index, tensor, init, fmt, axis, nodes in _weight_targets(plan, "GPTQ rounding"):
-        node = next((n for n in index.graph.node if n.name in nodes), None) if len(nodes) == 1 else None
+        readers = index.consumers.get(tensor, [])
+        node = readers[0] if len(readers) == 1 else None
         layer = None
         if node is not None and index.graph is model.graph and list(node.input[1:2]) == [tensor]:
             layer = layer_for(node, tuple(init.dims), axis)
