@@ -163,15 +163,6 @@ def _rng(split: str, i: int) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(f"crepe/{split}/{i}".encode()))
 
 
-def _trim(x: np.ndarray) -> np.ndarray:
-    """espeak's voiced stretch (first to last sample above 2% of peak), MARGIN either side."""
-    loud = np.flatnonzero(vad._speech_frames(x))
-    if not len(loud):
-        return x
-    pad = int(MARGIN * SR)
-    return x[max(0, loud[0] - pad):loud[-1] + 1 + pad]
-
-
 @lru_cache(maxsize=None)
 def _clip(split: str, i: int) -> np.ndarray:
     """Sentence ``i`` of the split's prose (MAX_WORDS words at most) read by voice ``i % 8``
@@ -179,8 +170,8 @@ def _clip(split: str, i: int) -> np.ndarray:
     silence, plucks or tone before or after it; a random level and low noise."""
     text = prose.sentences(split, i + 1)[i]
     rng = _rng(split, i)
-    speech = _trim(vad.synthesize(" ".join(text.split()[:MAX_WORDS]), VOICES[i % len(VOICES)],
-                                  SPEEDS[(i // len(VOICES)) % len(SPEEDS)]))
+    speech = vad.trim_voiced(vad.synthesize(" ".join(text.split()[:MAX_WORDS]), VOICES[i % len(VOICES)],
+                                            SPEEDS[(i // len(VOICES)) % len(SPEEDS)]), MARGIN)
     parts = [speech * rng.uniform(0.1, 1.0)]
     if i % 2:
         gap = vad._gap(rng, rng.uniform(0.5, 1.2), int(rng.integers(0, 3)))

@@ -172,15 +172,6 @@ def embed_utterance(partial_embeds: np.ndarray) -> np.ndarray:
 Utterance = Tuple[np.ndarray, int]   # (float32 audio at 16 kHz, voice index)
 
 
-def _trim(x: np.ndarray) -> np.ndarray:
-    """espeak's voiced stretch (first to last sample above 2% of peak), MARGIN either side."""
-    loud = np.flatnonzero(vad._speech_frames(x))
-    if not len(loud):
-        return x
-    pad = int(MARGIN * SR)
-    return x[max(0, loud[0] - pad):loud[-1] + 1 + pad]
-
-
 def speech(split: str, i: int) -> Utterance:
     """espeak-ng's raw rendering of utterance ``i`` of ``split`` (before trimming, volume
     and noise): sentence ``i`` of the split's prose, cut to MAX_WORDS words, read by voice
@@ -212,7 +203,7 @@ def _utterance(split: str, i: int) -> Utterance:
     raised to it), plus low noise."""
     speech_, voice = speech(split, i)
     rng = _rng(split, i)
-    x = normalize_volume(_trim(speech_).astype(np.float64) * _gain(rng))
+    x = normalize_volume(vad.trim_voiced(speech_, MARGIN).astype(np.float64) * _gain(rng))
     x = x + rng.normal(0, rng.choice([0.0, 0.0005, 0.002]), len(x))
     return np.clip(x, -1, 1).astype(np.float32), voice
 

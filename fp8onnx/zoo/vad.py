@@ -49,7 +49,7 @@ import onnx
 from . import prose
 from .base import Feeds, ZooEntry, ZooSkip, check_split, package_file
 
-__all__ = ["SileroVADEntry", "onnx_path", "stream", "clips", "Clip"]
+__all__ = ["SileroVADEntry", "onnx_path", "stream", "clips", "Clip", "trim_voiced"]
 
 HINT = "silero-vad (pip install silero-vad)"
 SCIPY_HINT = "scipy (pip install scipy)"
@@ -145,6 +145,16 @@ def _gap(rng: np.random.Generator, seconds: float, kind: int) -> np.ndarray:
         out[pos:pos + len(piece)] += piece
         pos += len(piece) + int(rng.integers(SR // 20, SR // 3))
     return out
+
+
+def trim_voiced(x: np.ndarray, margin: float = 0.1) -> np.ndarray:
+    """espeak's voiced stretch of ``x`` (see _speech_frames) with ``margin`` seconds either
+    side: the utterance without the silence espeak leaves around it."""
+    loud = np.flatnonzero(_speech_frames(x))
+    if not len(loud):
+        return x
+    pad = int(margin * SR)
+    return x[max(0, loud[0] - pad):loud[-1] + 1 + pad]
 
 
 def _speech_frames(speech: np.ndarray) -> np.ndarray:
