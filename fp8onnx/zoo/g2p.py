@@ -56,10 +56,11 @@ import numpy as np
 import onnx
 
 from . import prose
+from .ocr import edit_distance
 from .base import EXPORT_HINT, ExportedEntry, Feeds, ZooEntry, check_split, keep_export, ort_session, package_file, require
 
 __all__ = ["G2pEntry", "export_g2p", "build_g2p", "load_torch_model", "load_weights", "words", "encode",
-           "sequences", "pronounce", "edit_distance", "GRAPHEMES", "PHONEMES"]
+           "sequences", "pronounce", "GRAPHEMES", "PHONEMES"]
 
 PIP = "pip install --no-deps g2p_en==2.1.0"
 HINT = f"g2p_en ({PIP})"   # --no-deps: nltk and inflect are needed only by what is not used here
@@ -139,16 +140,6 @@ def pronounce(session, batch: Sequence[str]) -> List[List[str]]:
     """ARPAbet phonemes of each word, as g2p_en's ``predict`` gives them, under ``session``."""
     ids = session.run([OUTPUT], {INPUT: encode(batch)})[0]
     return [[PHONEMES[p] for p in seq] for seq in sequences(ids)]
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance between two sequences."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 # --- the model -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import importlib.util
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 import numpy as np
 import onnx
@@ -119,8 +119,9 @@ def rec_input(img: np.ndarray, height: int = 48, min_width: int = 320) -> np.nda
     return _normalize(img, height, width, max_width=width)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insert, delete, substitute all cost 1)."""
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (insert, delete, substitute all cost 1) of two strings or any
+    sequences (g2p_en compares phoneme ids)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
