@@ -33,7 +33,7 @@ from ..runtime.session import FP8_UNSAFE_OPTIMIZERS
 __all__ = [
     "ZooSkip", "ZooEntry", "Feeds", "ModelLike", "SessionFactory",
     "SPLITS", "cache_dir", "package_file", "require", "ort_session", "model_bytes", "relative_loss", "ORT_FP8_UNSAFE",
-    "ExportedEntry", "EXPORT_HINT", "keep_export",
+    "ExportedEntry", "EXPORT_HINT", "keep_export", "package_version",
 ]
 
 Feeds = Dict[str, np.ndarray]
@@ -76,6 +76,15 @@ def package_file(package: str, *parts: str, hint: str) -> Path:
     if not path.exists():
         raise ZooSkip(f"skipped: {path} missing; reinstall {hint}")
     return path
+
+
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist`` ("unknown" if its metadata is gone):
+    cached exports carry it in their names, so a new release exports anew."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def cache_dir(*parts: str) -> Path:
@@ -288,11 +297,7 @@ class ExportedEntry(ZooEntry):
 
     def onnx_path(self) -> Path:
         """The exported model in the cache, named after the package version it came from."""
-        try:
-            version = importlib.metadata.version(self.package_model[0])
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        return cache_dir(self.name) / self.onnx_name.format(version=version)
+        return cache_dir(self.name) / self.onnx_name.format(version=package_version(self.package_model[0]))
 
     def _load(self) -> onnx.ModelProto:
         path = self.onnx_path()

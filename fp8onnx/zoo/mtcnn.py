@@ -44,7 +44,6 @@ points in units of the FP32 box's side; mean and max, NaN when none is matched):
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import warnings
 from functools import lru_cache
@@ -54,7 +53,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 
 from .base import (EXPORT_HINT, ExportedEntry, Feeds, ZooEntry, cache_dir, check_split, keep_export,
-                   ort_session, package_file, require)
+                   ort_session, package_file, package_version, require)
 from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
 from .mtcnn_cascade import INPUT, OUTPUTS, Cascade
 from .yolo import box_f1, box_iou
@@ -156,11 +155,7 @@ def load_torch_model(torch, net: str):
 
 def onnx_path(net: str) -> Path:
     """Where the export of ``net`` is cached, named after the facenet-pytorch version."""
-    try:
-        version = importlib.metadata.version("facenet-pytorch")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return cache_dir("mtcnn_onet") / ONNX_NAME.format(net=net, version=version)
+    return cache_dir("mtcnn_onet") / ONNX_NAME.format(net=net, version=package_version("facenet-pytorch"))
 
 
 def export_net(net: str, path: Path) -> Path:
@@ -275,7 +270,6 @@ class MtcnnONetEntry(ExportedEntry):
     metric_name = "box F1 agreement with FP32 cascade (IoU 0.5)"
     default_eval_n = 10
     package_model, package_hint = ("facenet_pytorch", "data", "onet.pt"), HINT
-    onnx_name = ONNX_NAME.format(net="onet", version="{version}")
     requires = (("skimage", SKIMAGE_HINT), ("matplotlib", MPL_HINT),
                 ("cv2", "opencv-python-headless (pip install opencv-python-headless)"),
                 ("PIL", "pillow (pip install pillow)"))
@@ -293,6 +287,9 @@ class MtcnnONetEntry(ExportedEntry):
             _weights_path(net)
             if not onnx_path(net).exists():
                 require("torch", EXPORT_HINT)
+
+    def onnx_path(self) -> Path:
+        return onnx_path("onet")   # the module's path for all three nets, O-Net's included
 
     def export(self, path: Path) -> None:
         export_net("onet", path)
