@@ -23,6 +23,7 @@ from fp8onnx.zoo import mtcnn_cascade as mc
 from fp8onnx.zoo.yolo import box_iou
 from fp8onnx.zoo.facts import describe
 from fp8onnx.zoo.fp8eval import fp8_vs_fp32
+from fp8onnx.zoo.photos import skimage_data_dir
 
 ZOO_ENTRY = "mtcnn_onet"   # the conftest fixtures entry and fp32 read it
 
@@ -154,7 +155,7 @@ def test_fp32_finds_the_faces_where_they_are(entry, fp32):
             overlaps = sorted(box_iou([x, y, side, side], d["box"]) for d in found)
             assert overlaps[-1] >= 0.45 and overlaps[-2] == 0, (start, x, y, overlaps[-2:])  # measured >= 0.51
     assert len(dets[6][0]) == 0   # LFW non-faces 148-163
-    lbp = Cascade(str(mt.skimage_data_dir() / "lbpcascade_frontalface_opencv.xml"))
+    lbp = Cascade(str(skimage_data_dir() / "lbpcascade_frontalface_opencv.xml"))
     for rgb, (boxes, points) in ((mt.images("eval")[1], dets[1]),
                                  (mt.images("calib")[1], entry.cascade().detect(mt.images("calib")[1], fp32))):
         (face,) = lbp.detect_multi_scale(img=rgb, scale_factor=1.2, step_ratio=1, min_size=(60, 60),

@@ -54,7 +54,7 @@ import numpy as np
 
 from .base import (EXPORT_HINT, ExportedEntry, Feeds, ZooEntry, cache_dir, check_split, keep_export,
                    ort_session, package_file, package_version, require)
-from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
+from .photos import SKIMAGE_HINT, interleave, lfw_crop, skimage_photo
 from .mtcnn_cascade import INPUT, OUTPUTS, Cascade
 from .yolo import box_f1, box_iou
 
@@ -211,13 +211,9 @@ def tile_faces(start: int) -> List[Tuple[int, int, int]]:
 
 def _mosaic(start: int) -> np.ndarray:
     """16 LFW crops from ``start``, resized to 24-72 px, centred in 128 px mid-grey tiles, 4 x 4."""
-    import cv2
-
-    crops = np.load(skimage_data_dir() / "lfw_subset.npy")
     grid = np.full((4 * TILE, 4 * TILE), 128, np.uint8)
     for i, (x, y, side) in enumerate(tile_faces(start)):
-        face = (crops[start + i] * 255).astype(np.uint8)
-        grid[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        grid[y:y + side, x:x + side] = lfw_crop(start + i, side)
     return np.repeat(grid[:, :, None], 3, axis=2)
 
 
@@ -227,11 +223,7 @@ def images(split: str) -> Tuple[np.ndarray, ...]:
     ``n`` sees both (read-only arrays, shared)."""
     check_split(split)
     photos = EVAL_PHOTOS if split == "eval" else CALIB_PHOTOS
-    mosaics = [_mosaic(s) for s in MOSAICS[split]]
-    out = []
-    for i in range(max(len(photos), len(mosaics))):
-        out += [mosaics[i]] if i < len(mosaics) else []
-        out += [_photo(photos[i])] if i < len(photos) else []
+    out = interleave([_mosaic(s) for s in MOSAICS[split]], [_photo(p) for p in photos])
     for img in out:
         img.flags.writeable = False
     return tuple(out)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from .base import Feeds, ZooEntry, ZooSkip, require
-from .photos import SKIMAGE_HINT, skimage_data_dir, skimage_photo
+from .photos import SKIMAGE_HINT, interleave, lfw_crop, skimage_photo
 
 __all__ = ["NudenetEntry", "box_f1", "confident_box_f1", "box_iou"]
 
@@ -45,13 +45,9 @@ MOSAICS = {"calib": (0, 16, 32, 100, 116, 132), "eval": (48, 64, 80, 148, 164, 1
 
 
 def _mosaics(split: str) -> List[np.ndarray]:
-    import cv2
-
-    crops = np.load(skimage_data_dir() / "lfw_subset.npy")
     out = []
     for start in MOSAICS[split]:
-        tiles = [cv2.resize((crops[start + i] * 255).astype(np.uint8), (80, 80),
-                            interpolation=cv2.INTER_CUBIC) for i in range(16)]
+        tiles = [lfw_crop(start + i, 80) for i in range(16)]
         grid = np.vstack([np.hstack(tiles[r * 4:(r + 1) * 4]) for r in range(4)])
         out.append(np.repeat(grid[:, :, None], 3, axis=2))
     return out
@@ -60,15 +56,7 @@ def _mosaics(split: str) -> List[np.ndarray]:
 @lru_cache(maxsize=2)
 def _images(split: str) -> tuple:
     photos = EVAL_PHOTOS if split == "eval" else CALIB_PHOTOS
-    mosaics = _mosaics(split)
-    # Interleave so that small n still sees both kinds.
-    out = []
-    for i in range(max(len(photos), len(mosaics))):
-        if i < len(mosaics):
-            out.append(mosaics[i])
-        if i < len(photos):
-            out.append(skimage_photo(photos[i]))
-    return tuple(out)
+    return tuple(interleave(_mosaics(split), [skimage_photo(p) for p in photos]))
 
 
 def _preprocess(rgb: np.ndarray) -> np.ndarray:
