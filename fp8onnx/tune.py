@@ -161,7 +161,7 @@ class _Tuner:
 
     def run_trial(self, stage: str, delta: dict, *, per_layer: bool = False):
         from .api import compile_model
-        from .evaluation import evaluate
+        from .evaluation import evaluate, within_loss
 
         t0 = time.perf_counter()
         recipe = _merge(self.base, delta)
@@ -193,7 +193,7 @@ class _Tuner:
             metric, loss = ev.metric_fp8, ev.relative_loss
             self.metric_fp32 = ev.metric_fp32
         trial = Trial(len(self.history), stage, delta, float(metric), float(loss),
-                      round(time.perf_counter() - t0, 3), met_target=loss <= self.target)
+                      round(time.perf_counter() - t0, 3), met_target=within_loss(loss, self.target))
         self.history.append(trial)
         log.info("trial %d %s %s: metric %.6g loss %.5f", trial.index, stage, delta, metric, loss)
         if self.best is None or loss < self.best[0]:

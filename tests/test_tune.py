@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import fp8onnx.calibration.collect as collect
-from fp8onnx.evaluation import PerSample, session_for
+from fp8onnx.evaluation import PerSample, session_for, within_loss
 from fp8onnx.tune import RECIPE_CANDIDATES, main, tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +72,23 @@ def test_tune_with_a_score_of_the_whole_model():
         tune(CNN, CALIB, CALIB, score=score, metric=ACCURACY)
     with pytest.raises(Exception, match="score of the FP32 model is 0"):
         tune(CNN, CALIB, CALIB, score=lambda m: 0.0)
+
+
+def test_a_loss_of_exactly_the_target_meets_it():
+    """4 changed answers of 400 is a 1% loss, though (1 - 0.99) / 1 is 0.010000000000000009 in
+    floating point: the first trial meets a 1% target and the search stops there."""
+    assert (1.0 - 0.99) / 1.0 > 0.01  # the arithmetic the comparison must forgive
+    assert within_loss((1.0 - 0.99) / 1.0, 0.01) and within_loss((400 - 396) / 400, 0.01)
+    assert not within_loss(0.0101, 0.01) and not within_loss(None, 0.01)
+    calls = []
+
+    def score(model):
+        calls.append(model)
+        return 1.0 if len(calls) == 1 else 0.99   # FP32 first, then every trial 1% below
+
+    r = tune(CNN, CALIB, CALIB, score=score, target_loss=0.01, base_recipe={"format": "e5m2"}, max_trials=5)
+    assert r.met_target and len(r.history) == 1 and r.history[0].met_target
+    assert r.loss == pytest.approx(0.01)
 
 
 def fp8onnx_recipe(model):

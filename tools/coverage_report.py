@@ -177,7 +177,9 @@ def losses(rows: List[dict], *, metric_key: str = "metric") -> Dict[tuple, Optio
 
 def is_within(loss: Optional[float]) -> bool:
     """The paper's criterion: a relative loss of at most 1%; a failed job (None) is not within."""
-    return loss is not None and loss <= THRESHOLD
+    from fp8onnx.evaluation import within_loss
+
+    return within_loss(loss, THRESHOLD)
 
 
 def models_of(rows: List[dict]):
