@@ -18,8 +18,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 
 def _median_time(fn, repeat):
     out = []
@@ -84,7 +82,6 @@ def main():
 
     from fp8onnx import zoo
     from fp8onnx.calibration import choose_amax, collect_stats
-    from fp8onnx.calibration import collect as collect_mod
 
     e = zoo.get(a.model)
     m = e.load()

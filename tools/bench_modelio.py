@@ -3,11 +3,10 @@ vs onnx.save_model(save_as_external_data=True). Each variant runs in its own pro
 
 usage: python bench_modelio.py [total_MB] [repeats]
 """
-import os, resource, subprocess, sys, tempfile, time, json
+import os, subprocess, sys, tempfile, time, json
 import numpy as np
 
 def build(total_mb):
-    import onnx
     from onnx import helper, numpy_helper, TensorProto
     n = 8
     per = total_mb * 1024 * 1024 // 4 // n

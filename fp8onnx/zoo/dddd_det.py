@@ -34,7 +34,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 
 from . import yolo
-from .base import Feeds, ZooEntry, check_split, package_file
+from .base import Feeds, ZooEntry, check_split
 from .photos import SKIMAGE_HINT, skimage_photo
 
 __all__ = ["DdddDetEntry", "detect", "image", "preprocess", "box_f1"]
