@@ -13,7 +13,13 @@ Python::
 Command line::
 
     python -m fp8onnx.evaluate FLOAT.onnx FP8.onnx --data DATA [--samples N] [--batch-size B]
-        [--report REPORT.html] [--json REPORT.json] [--annotate OUT.onnx] [--debug]
+        [--report REPORT.html] [--json REPORT.json] [--annotate OUT.onnx] [--ort-qdq] [--debug]
+
+A model with native FP8 QuantizeLinear/DequantizeLinear is evaluated as a copy rewritten
+to fp8onnx's fused kernels (``fp8onnx.passes.EmulateQDQ``): the same bits as onnxruntime's
+own Q/DQ kernels, about 2x faster. ``--ort-qdq`` (Python: ``session_factory=
+functools.partial(session_for, ort_qdq=True)``, or ``FP8ONNX_ORT_QDQ=1``) runs
+onnxruntime's own kernels instead.
 
 What is measured (all streamed over the samples, in bounded memory):
 
@@ -41,6 +47,7 @@ What is measured (all streamed over the samples, in bounded memory):
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from .cli import Parser, callable_module, check_positive, run_main, write_text_atomic
@@ -66,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the JSON report here")
     p.add_argument("--annotate", help="write the FP8 model here with its figures in the nodes' doc strings")
     p.add_argument("--top", type=int, default=6, help="histograms of the N worst tensors in the HTML (default 6)")
+    p.add_argument("--ort-qdq", action="store_true",
+                   help="run native FP8 Q/DQ on onnxruntime's own kernels instead of fp8onnx's fused, "
+                        "bit-identical ones (slower; also FP8ONNX_ORT_QDQ=1)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and log progress")
     return p
 
@@ -88,7 +98,9 @@ def _run(args) -> int:
     if args.report:
         html._plt()  # fail now, not after the evaluation, when matplotlib is missing
     fp8 = modelio.load_model(args.fp8_model)
-    result = evaluate(args.float_model, fp8, args.data, samples=args.samples, batch_size=args.batch_size)
+    factory = functools.partial(session_for, ort_qdq=True) if args.ort_qdq else None
+    result = evaluate(args.float_model, fp8, args.data, samples=args.samples, batch_size=args.batch_size,
+                      session_factory=factory)
     # Render everything first, then write: a failure leaves no partial set of files.
     page = html.render_html(result, top=args.top, title=f"fp8onnx: {args.fp8_model} vs {args.float_model}") \
         if args.report else None

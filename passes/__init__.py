@@ -18,6 +18,7 @@ from .annotate import Annotate
 from .bn_calibrate import BatchNormCalibration
 from .inline_if import InlineConstantIf
 from .fix_inputs import FixInputs
+from .emulate_qdq import EmulateQDQ
 
 __all__ = [
     "LiftConstants",
@@ -31,4 +32,5 @@ __all__ = [
     "BatchNormCalibration",
     "InlineConstantIf",
     "FixInputs",
+    "EmulateQDQ",
 ]

@@ -294,3 +294,33 @@ def test_model_compiled_with_fix_inputs_is_compared_to_the_same_specialization()
     got = np.concatenate([session_for(q).run(None, {"x": f["x"]})[0] for f in x])
     cos = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
     assert res.outputs[0].cosine == pytest.approx(cos, abs=1e-6) and cos > 0.99
+
+
+# --- native FP8 Q/DQ evaluated on the fused kernels (fp8onnx.passes.EmulateQDQ) ---------------------
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_native_qdq_evaluates_on_fused_kernels_with_the_same_figures(compiled, fmt):
+    import functools
+
+    from fp8onnx.runtime import InferenceSession
+
+    q = compiled[fmt]
+    before = q.SerializeToString()
+    assert isinstance(session_for(q), InferenceSession)  # the rewritten copy, on fp8onnx's kernels
+    metric = PerSample(lambda o, t: o["logits"].argmax(1) == t["label"])
+    fast = evaluate(CNN, q, TEST_NPZ, samples=200, batch_size=50, metric=metric)
+    slow = evaluate(CNN, q, TEST_NPZ, samples=200, batch_size=50, metric=metric,
+                    session_factory=functools.partial(session_for, ort_qdq=True))
+    fast.seconds = slow.seconds = 0.0
+    assert fast == slow  # every figure, per layer too: the same bits
+    assert q.SerializeToString() == before
+
+
+def test_ort_qdq_environment_variable_turns_the_rewrite_off(compiled, monkeypatch):
+    import onnxruntime as ort
+
+    from fp8onnx.evaluation.data import ORT_QDQ_ENV
+
+    monkeypatch.setenv(ORT_QDQ_ENV, "1")
+    assert isinstance(session_for(compiled["e4m3"]), ort.InferenceSession)
+    monkeypatch.setenv(ORT_QDQ_ENV, "0")
+    assert not isinstance(session_for(compiled["e4m3"]), ort.InferenceSession)

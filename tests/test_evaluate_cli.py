@@ -43,6 +43,19 @@ def test_cli_writes_json_html_and_annotated_model(fp8_paths, tmp_path):
     assert sum("fp8onnx eval:" in n.doc_string for n in annotated.graph.node) == 15  # 5 weight DQ + 5 Q/DQ pairs
 
 
+def test_ort_qdq_flag_gives_the_same_figures(fp8_paths, tmp_path):
+    """--ort-qdq runs onnxruntime's own FP8 Q/DQ kernels; the default's fused kernels give the same bits."""
+    reports = []
+    for flag in ([], ["--ort-qdq"]):
+        path = str(tmp_path / f"r{len(reports)}.json")
+        assert main([CNN, fp8_paths["e4m3"], "--data", TEST_NPZ, "--samples", "60", "--batch-size", "20",
+                     "--json", path, *flag]) == 0
+        report = json.loads(open(path).read())
+        report.pop("seconds")
+        reports.append(report)
+    assert reports[0] == reports[1]
+
+
 def _bad_fp8_format(src, dst):
     m = onnx.load(src)
     for n in m.graph.node:

@@ -129,7 +129,8 @@ def default_session(model: bytes):
 
 
 def safe_session(model: bytes):
-    """onnxruntime on CPU without its FP8-unsafe rewrites (the zoo's default session)."""
+    """onnxruntime on CPU without its FP8-unsafe rewrites, on its own Q/DQ kernels: the
+    peer's model as deployed (the zoo's default session would run fp8onnx's fused ones)."""
     from fp8onnx.zoo import ort_session
 
-    return ort_session(model)
+    return ort_session(model, ort_qdq=True)

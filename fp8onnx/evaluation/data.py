@@ -5,6 +5,10 @@ when the model holds ``ai.fp8onnx`` ops, else onnxruntime with its FP8-unsafe CP
 rewrites disabled (``ReluQuantRewrite`` drops a Relu in front of a QuantizeLinear,
 right only for unsigned types; ``WeightBiasQuantization`` makes int32 biases that
 overflow for E5M2; ``ClipQuantRewrite`` fails on FP8 zero points; onnxruntime 1.32).
+A model with native FP8 QuantizeLinear/DequantizeLinear runs as a rewritten copy on the
+fused ``ai.fp8onnx`` kernels (:class:`fp8onnx.passes.EmulateQDQ`, bit-identical to
+onnxruntime's own Q/DQ and about 2x faster); ``ort_qdq=True`` or the environment
+variable ``FP8ONNX_ORT_QDQ=1`` keeps onnxruntime's own kernels (:func:`emulated_qdq_session`).
 
 Evaluation data takes every form calibration data does (see
 :func:`fp8onnx.calibration.open_source`); in addition, arrays whose names are not model
@@ -31,13 +35,15 @@ from .. import formats as _formats
 from ..calibration import open_source
 from ..errors import CalibrationError, UserError
 
-__all__ = ["session_for", "ORT_FP8_UNSAFE", "has_custom_ops", "check_formats", "check_same_inputs",
-           "split_targets", "eval_batches", "model_inputs"]
+__all__ = ["session_for", "emulated_qdq_session", "ORT_QDQ_ENV", "ORT_FP8_UNSAFE", "has_custom_ops",
+           "check_formats", "check_same_inputs", "split_targets", "eval_batches", "model_inputs"]
 
 log = logging.getLogger(__name__)
 
 from ..runtime.session import FP8_UNSAFE_OPTIMIZERS as ORT_FP8_UNSAFE  # noqa: E402  the one list
 _DOMAIN = "ai.fp8onnx"
+#: Set to 1 to evaluate native FP8 Q/DQ models on onnxruntime's own Q/DQ kernels.
+ORT_QDQ_ENV = "FP8ONNX_ORT_QDQ"
 
 
 def _nodes(graph: onnx.GraphProto):
@@ -55,16 +61,70 @@ def has_custom_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == _DOMAIN for n in _nodes(model.graph))
 
 
-def session_for(model):
+def _ort_qdq(ort_qdq: Optional[bool]) -> bool:
+    if ort_qdq is not None:
+        return bool(ort_qdq)
+    return os.environ.get(ORT_QDQ_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def emulated_qdq_session(model, *, ort_qdq: Optional[bool] = None):
+    """An :class:`fp8onnx.runtime.InferenceSession` running ``model`` (ModelProto or
+    bytes) with its native FP8 Q/DQ rewritten to the fused ``ai.fp8onnx`` ops, or None
+    when there is nothing to rewrite or ``ort_qdq`` (default: ``$FP8ONNX_ORT_QDQ``) asks
+    for onnxruntime's own kernels.
+
+    Outputs are bit-identical to onnxruntime running ``model`` without the rewrites in
+    :data:`ORT_FP8_UNSAFE`: the ``ai.fp8onnx`` ops ``model`` already holds are folded
+    first, as :class:`~fp8onnx.runtime.InferenceSession` folds them, and the rewritten
+    weights are left unfolded (``fold_constants=False``): onnxruntime does not fold a
+    DequantizeLinear either, and a folded weight lets it fuse and re-lay Conv weights,
+    which changes the sums' bits. The rewrite works on a copy; ``model`` is not modified.
+    """
+    if _ort_qdq(ort_qdq):
+        return None
+    if isinstance(model, (bytes, bytearray)):
+        # Cheap test before parsing: a model without these op names has nothing to rewrite.
+        if b"QuantizeLinear" not in model:
+            return None
+        copy = onnx.load_from_string(bytes(model))
+    elif isinstance(model, onnx.ModelProto):
+        copy = None
+    else:
+        return None
+    from ..passes.emulate_qdq import EmulateQDQ, has_native_fp8_qdq
+
+    if not has_native_fp8_qdq(copy if copy is not None else model):
+        return None
+    if copy is None:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+    from ..runtime import InferenceSession, fold_constant_ops
+
+    copy, _ = fold_constant_ops(copy)
+    if not EmulateQDQ()(copy).modified:
+        return None
+    log.debug("evaluating the native FP8 Q/DQ on fp8onnx's fused kernels (%s=1 turns it off)", ORT_QDQ_ENV)
+    return InferenceSession(copy.SerializeToString(), fold_constants=False)
+
+
+def session_for(model, *, ort_qdq: Optional[bool] = None):
     """A session that runs ``model`` (ModelProto, bytes or path): ``.run(names, feeds) -> list``.
 
     Models with ``ai.fp8onnx`` ops run on :class:`fp8onnx.runtime.InferenceSession`;
     others on onnxruntime's CPU provider minus the rewrites in :data:`ORT_FP8_UNSAFE`.
+    Native FP8 QuantizeLinear/DequantizeLinear run on the fused ``ai.fp8onnx`` kernels
+    of a rewritten copy (:func:`emulated_qdq_session`), bit-identical and faster; pass
+    ``ort_qdq=True`` (or set ``FP8ONNX_ORT_QDQ=1``; ``python -m fp8onnx.evaluate
+    --ort-qdq``) to run onnxruntime's own Q/DQ kernels, e.g. to time the deployed model.
+    ``fp8onnx.evaluate`` and every ``fp8onnx.tune`` trial use this function.
     """
     if not isinstance(model, onnx.ModelProto):
         from ..modelio import load_model
 
         model = load_model(model)  # bytes or a path (zoo session factories get bytes)
+    emulated = emulated_qdq_session(model, ort_qdq=ort_qdq)
+    if emulated is not None:
+        return emulated
     data = model.SerializeToString()
     import onnxruntime as ort
 
