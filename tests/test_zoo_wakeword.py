@@ -156,7 +156,7 @@ def test_timer_fp32_detects_what_the_clips_say(head, head_fp32):
     fired = np.array([ww.score(p).max() >= ww.THRESHOLD for p in probs])
     assert said.sum() == 6 and fired[said].mean() >= 0.5 and fired[~said].mean() <= 0.05
     accuracy = head.evaluate(n=n)
-    assert accuracy == np.mean(fired == said) and 0.9 <= accuracy < 1.0
+    assert accuracy == np.mean(fired == said) and 0.9 <= accuracy <= 1.0
     details = head.last_details
     assert details["decision_agreement"] == 1.0 and details["mean_abs_score_diff"] == 0.0
     assert details["class_accuracy"] >= 0.75

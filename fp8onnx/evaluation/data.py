@@ -83,8 +83,9 @@ def emulated_qdq_session(model, *, ort_qdq: Optional[bool] = None):
     if _ort_qdq(ort_qdq):
         return None
     if isinstance(model, (bytes, bytearray)):
-        # Cheap test before parsing: a model without these op names has nothing to rewrite.
-        if b"QuantizeLinear" not in model:
+        # Cheap test before parsing: a model without Quantize/DequantizeLinear (both end in
+        # "uantizeLinear") has nothing to rewrite.
+        if b"uantizeLinear" not in model:
             return None
         copy = onnx.load_from_string(bytes(model))
     elif isinstance(model, onnx.ModelProto):

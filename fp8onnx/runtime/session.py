@@ -92,20 +92,28 @@ def _os_path(path):
     return ctypes.c_wchar_p(os.fspath(path)) if os.name == "nt" else c_char_p(os.fsencode(path))
 
 
+def _proto(model):
+    """``model``'s ModelProto, or None for a missing path (reported by _create) or a path
+    with external data (resolved relative to the path, so the path is what runs)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return onnx.load_from_string(bytes(model))
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        return None
+    proto = onnx.load(path, load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return None
+    return proto
+
+
 def _folded(model):
     """``(model, proto)``: ``model`` with constant ai.fp8onnx nodes folded (as given when
     none), and its ModelProto when one was read (None for a path with external data)."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        proto = onnx.load_from_string(bytes(model))
-    elif isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        path = os.fspath(model)
-        if not os.path.exists(path):
-            return model, None  # reported by _create
-        proto = onnx.load(path, load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            return model, None  # external data is resolved relative to the path: keep it
+    proto = _proto(model)
+    if proto is None:
+        return model, None
     result, n = fold_constant_ops(proto)
     return (result if n else model), result
 
@@ -169,10 +177,10 @@ class InferenceSession:
         #: How many FakeQuant nodes run on blocked tensors (see ``blocked_fake_quant``).
         self.blocked_fake_quants = 0
         proto = None  # read to look for FakeQuants (folding leaves activation ones alone)
-        if fold_constants or blocked_fake_quant:
-            folded, proto = _folded(model_or_path)
-            if fold_constants:
-                model_or_path = folded
+        if fold_constants:
+            model_or_path, proto = _folded(model_or_path)
+        elif blocked_fake_quant:
+            proto = _proto(model_or_path)  # only read: no weight decoded that nothing uses
         options = api.out(api.CreateSessionOptions)
         try:
             self._apply_options(options, sess_options)

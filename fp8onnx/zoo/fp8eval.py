@@ -16,21 +16,19 @@ from typing import Any, Dict, Optional
 
 import onnx
 
-from .base import ZooEntry, ort_session, relative_loss
+from .base import ZooEntry, relative_loss
 
 __all__ = ["fp8_vs_fp32", "session_for"]
 
 
 def session_for(model: onnx.ModelProto):
-    """Session factory fit for ``model``: fp8onnx's runtime if it has ai.fp8onnx ops
-    anywhere, If/Loop subgraphs included (silero_vad's ops all sit in If branches)."""
-    from ..evaluation.data import has_custom_ops
+    """Session factory fit for ``model``: :func:`fp8onnx.evaluation.data.session_for`, which
+    picks fp8onnx's runtime for ai.fp8onnx ops anywhere (If/Loop subgraphs included:
+    silero_vad's ops all sit in If branches), runs native FP8 Q/DQ on the fused kernels
+    (mixed models too) and onnxruntime otherwise; ``model`` is not needed to choose."""
+    from ..evaluation.data import session_for as evaluation_session
 
-    if has_custom_ops(model):
-        from ..runtime import InferenceSession
-
-        return InferenceSession
-    return ort_session
+    return evaluation_session
 
 
 def fp8_vs_fp32(entry: ZooEntry, *, calib_n: int = 32, eval_n: Optional[int] = None,

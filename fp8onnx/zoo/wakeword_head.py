@@ -16,7 +16,8 @@ with the FP32 embedding CNN computing the head's input; the head runs at every p
 a clip (``wakeword.head_windows``). The file fixes the batch dimension to 1; the entry
 makes it free (nothing else changes), so one feed holds all positions of a clip. The
 embeddings are the expensive part: they are computed once per clip and kept in
-``cache_dir("oww_timer")``, named after a hash of the clip's audio and the package version.
+``cache_dir("oww_timer")``, named after a hash of the embedding CNN's input windows and
+the package version.
 
 Real input: ``wakeword.clips``: espeak-ng reading CPython documentation prose in six voices
 and four speeds, one clip in eight also reading "set a timer for five / ten minutes", the
@@ -64,12 +65,13 @@ def embeddings(split: str, i: int) -> np.ndarray:
     """FP32 [windows, 96] embeddings of clip ``i`` of ``split``, from the disk cache when
     the same audio was embedded before by the same package version."""
     check_split(split)
-    audio = ww._clip(split, i)[0]
-    key = hashlib.sha1(audio.tobytes() + package_version("openwakeword").encode()).hexdigest()[:24]
+    # Keyed by the embedding CNN's own input (not the audio), so a change anywhere in the
+    # feature pipeline (melspectrogram, scaling, windowing) misses the cache.
+    w = ww._windows(split, i)     # shared with oww_embedding in one process
+    key = hashlib.sha1(w.tobytes() + package_version("openwakeword").encode()).hexdigest()[:24]
     path = cache_dir("oww_timer") / f"emb-{key}.npy"
     if path.exists():
         return np.load(path)
-    w = ww._windows(split, i)     # shared with oww_embedding in one process
     emb = _embedder().run(None, {ww.INPUT: w})[0].reshape(len(w), -1).astype(np.float32)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:

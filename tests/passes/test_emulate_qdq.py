@@ -26,7 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CNN = os.path.join(ROOT, "models", "digits_cnn.onnx")
 CALIB = os.path.join(ROOT, "models", "data", "digits_calib.npz")
 TEST = np.load(os.path.join(ROOT, "models", "data", "digits_test.npz"))
-FP8 = {"e4m3": T.FLOAT8E4M3FN, "e5m2": T.FLOAT8E5M2}
+FP8 = {"e4m3": T.FLOAT8E4M3FN, "e5m2": T.FLOAT8E5M2, "e4m3fnuz": T.FLOAT8E4M3FNUZ, "e5m2fnuz": T.FLOAT8E5M2FNUZ}
+#: Codes planted in the weights: -0 (none in FNUZ, where 0x80 is NaN), +0, then the largest finite code.
+EDGE_CODES = {"e4m3": [0x80, 0x00, 0x7E], "e5m2": [0x80, 0x00, 0x7B], "e4m3fnuz": [0x01, 0x00, 0x7F],
+              "e5m2fnuz": [0x01, 0x00, 0x7F]}
 
 
 def vi(name, shape, elem=T.FLOAT):
@@ -75,7 +78,7 @@ def small_model(fmt="e4m3", saturate=1):
     w = r.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
     w_scale = (np.abs(w).reshape(4, -1).max(1) / f.max).astype(np.float32)
     w_codes = f.quantize(w, w_scale, axis=0)
-    w_codes.reshape(-1)[:3] = [0x80, 0x00, 0x7E if fmt == "e4m3" else 0x7B]  # -0, +0, the max code
+    w_codes.reshape(-1)[:3] = EDGE_CODES[fmt]
     m = r.normal(0, 1, (5, 8)).astype(np.float32)
     m_codes = f.quantize(m, np.float32(0.01))
     sat = {"saturate": saturate}
@@ -121,7 +124,7 @@ def edge_input():
 
 
 @pytest.mark.parametrize("saturate", [1, 0])
-@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("fmt", sorted(FP8))
 def test_small_model_bit_identical_to_onnxruntime(fmt, saturate):
     model = small_model(fmt, saturate)
     for cond in (True, False):
