@@ -105,7 +105,8 @@ def emulated_qdq_session(model, *, ort_qdq: Optional[bool] = None):
     if not EmulateQDQ()(copy).modified:
         return None
     log.debug("evaluating the native FP8 Q/DQ on fp8onnx's fused kernels (%s=1 turns it off)", ORT_QDQ_ENV)
-    return InferenceSession(copy.SerializeToString(), fold_constants=False)
+    # The proto itself: the session serializes it once and reads it without parsing bytes back.
+    return InferenceSession(copy, fold_constants=False)
 
 
 def session_for(model, *, ort_qdq: Optional[bool] = None):
