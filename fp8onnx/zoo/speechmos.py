@@ -167,8 +167,9 @@ def dnsmos_polyfit(raw: np.ndarray) -> np.ndarray:
     return np.stack([np.polyval(p, raw[..., j]) for j, p in enumerate((POLY_SIG, POLY_BAK, POLY_OVR))], -1)
 
 
-def dnsmos_scores(session, audio: Sequence[np.ndarray], batch: int = 16) -> np.ndarray:
-    """[clips, 3] (SIG, BAK, OVRL) per clip: polyfit of each segment's output, averaged."""
+def dnsmos_scores(session, audio: Sequence[np.ndarray], batch: int = 4) -> np.ndarray:
+    """[clips, 3] (SIG, BAK, OVRL) per clip: polyfit of each segment's output, averaged.
+    Small batches: one 9 s segment's first 2-D Conv output alone is 74 MB."""
     segs = [dnsmos_segments(a) for a in audio]
     flat = np.concatenate(segs)
     raw = np.concatenate([session.run(None, {"input_1": flat[i:i + batch]})[0]
@@ -298,10 +299,12 @@ class DNSMOSEntry(_SpeechMOSEntry):
     _score_fn = staticmethod(dnsmos_scores)
 
     def _feeds(self, split: str, n: int) -> Iterator[Feeds]:
-        """One feed per utterance: the segments of its (up to 5) clips."""
-        clips = self.clips(split, n)
-        for start in range(0, len(clips), LEVELS):
-            yield {"input_1": np.concatenate([dnsmos_segments(a) for a, _, _ in clips[start:start + LEVELS]])}
+        """One feed per clip (its segments). Not one per utterance's five clips: the first
+        2-D Conv's output for five clips is 5 x 128 x ~900 x 161 floats (354 MB), one
+        tensor that BatchNorm calibration and tuning's per-layer runs hold at once, and
+        that failed the coverage study's 8 GB address-space cap."""
+        for audio, _, _ in self.clips(split, n):
+            yield {"input_1": dnsmos_segments(audio)}
 
 
 class PLCMOSEntry(_SpeechMOSEntry):
