@@ -33,6 +33,16 @@ def plc():
 
 
 @pytest.fixture(scope="module")
+def pdn():
+    return entry_or_skip("pdnsmos")
+
+
+@pytest.fixture(scope="module")
+def pdn_fp32(pdn):
+    return pdn.evaluate(n=N), dict(pdn.last_details)
+
+
+@pytest.fixture(scope="module")
 def dns_fp32(dns):
     """FP32 metric and details on N eval clips (also caches the entry's FP32 reference)."""
     return dns.evaluate(n=N), dict(dns.last_details)
@@ -61,6 +71,24 @@ def test_dnsmos_scores_equal_speechmos_run(dns, monkeypatch):
         want = dnsmos.run(a, sr=16000)
         np.testing.assert_allclose(got, [want["sig_mos"], want["bak_mos"], want["ovrl_mos"]],
                                    rtol=0, atol=1e-4)
+
+
+def test_personalized_scores_equal_speechmos_run(pdn, monkeypatch):
+    """speechmos's personalized P.835 model, scored with its own polynomials."""
+    pytest.importorskip("librosa")
+    from speechmos import dnsmos
+
+    monkeypatch.setattr(dnsmos.DNSMOS, "audio_melspec", lambda self, audio, **kw: np.zeros((900, 120), np.float32))
+    clips = sm.dnsmos_clips("eval", 5)
+    audio = [clips[0][0], clips[4][0][:int(5.6 * sm.SR)]]     # clean; 0 dB in two windows
+    pers = sm.pdnsmos_scores(zoo.ort_session(pdn.load().SerializeToString()), audio)
+    assert pers[0, 1] > pers[1, 1] + 0.3                       # clean BAK beats 0 dB BAK
+    for a, got in zip(audio, pers):
+        want = dnsmos.run(a, sr=16000, model_type="dnsmos_personalized")
+        np.testing.assert_allclose(got, [want["sig_mos"], want["bak_mos"], want["ovrl_mos"]],
+                                   rtol=0, atol=1e-4)
+    plain = sm.dnsmos_scores(zoo.ort_session(zoo.get("dnsmos").load().SerializeToString()), audio[:1])
+    assert np.abs(plain[0] - pers[0]).max() > 0.3              # another model, not a copy
 
 
 def test_plcmos_features_and_scores_equal_speechmos_run(plc):
@@ -101,6 +129,17 @@ def test_degradations_are_the_amounts_asked_for():
         assert set(lost[k - 1]) <= set(lost[k])                   # nested losses
         assert len(set(lost[k]) - silent) <= round(sm.LOSS_RATES[k] * packets) <= len(lost[k])
     assert len(lost[4]) - len(silent) > 0.2 * packets
+
+
+@pytest.mark.slow
+def test_pdnsmos_fp32_ranks_snr(pdn, pdn_fp32):
+    metric, details = pdn_fp32
+    # Measured: BAK 0.90 on these 10 clips, 0.833 on the default 60 (OVRL 0.658, SIG 0.258:
+    # the personalized model rates espeak's voice, not the noise, in SIG).
+    assert metric >= 0.8 and details["mean_abs_diff_vs_fp32"] == 0.0
+    scores = pdn._fp32_reference(("scores", N), None)
+    assert scores.shape == (N, 3) and (1 < scores).all() and (scores < 5).all()
+    assert (scores[0::5, 1] > scores[4::5, 1] + 0.5).all()     # measured gaps 0.61, 0.62
 
 
 @pytest.mark.slow
@@ -159,10 +198,11 @@ class _Constant:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dnsmos", "plcmos"])
+@pytest.mark.parametrize("name", ["dnsmos", "plcmos", "pdnsmos"])
 def test_metric_catches_damaged_models(request, name):
-    entry = request.getfixturevalue("dns" if name == "dnsmos" else "plc")
-    metric, _ = request.getfixturevalue(f"{name[:3]}_fp32")
+    short = {"dnsmos": "dns", "plcmos": "plc", "pdnsmos": "pdn"}[name]
+    entry = request.getfixturevalue(short)
+    metric, _ = request.getfixturevalue(f"{short[:3]}_fp32")
     assert entry.evaluate(n=N, session_factory=_Constant) == 0.0   # ties never count as right
     damaged = entry.evaluate(_perturbed(entry.load(), 1.0), n=N)
     # Measured (n=10): DNSMOS 0.90 -> 0.55, PLCMOS 1.0 -> 0.8 with |d| 1.3 and r 0.52.
@@ -207,6 +247,6 @@ def test_plcmos_e4m3_end_to_end(plc, plc_fp32):
 
 def test_missing_speechmos_skips_with_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "speechmos", None)
-    for name in ("dnsmos", "plcmos"):
+    for name in ("dnsmos", "plcmos", "pdnsmos"):
         with pytest.raises(zoo.ZooSkip, match=r"^skipped: install speechmos \(pip install speechmos==0\.0\.1\.1\)$"):
             zoo.get(name).evaluate(n=1)

@@ -63,6 +63,8 @@ dnsmos             DNSMOS P.835 CNN, STFT as   espeak-ng prose + real sounds    
                    Conv (speechmos)            at clean/30/20/10/0 dB SNR       known SNR (clip pairs)
 plcmos             PLCMOS v2 Conv + 2 GRU      espeak-ng prose, 0-30% of        PLCMOS ranking accuracy
                    + Gemm head (speechmos)     20 ms packets zeroed             vs known packet loss
+pdnsmos            personalized DNSMOS P.835   the dnsmos clips                 BAK ranking accuracy vs
+                   (own weights; speechmos)                                     known SNR (clip pairs)
 =================  ==========================  ===============================  =========================
 
 ``python -m fp8onnx.zoo`` prints each entry's FP32 metric; ``--fp8`` compiles and

@@ -1,4 +1,5 @@
-"""Microsoft's speech-quality predictors DNSMOS P.835 and PLCMOS v2 (``speechmos`` wheel).
+"""Microsoft's speech-quality predictors DNSMOS P.835 (plain and personalized) and PLCMOS v2
+(``speechmos`` wheel).
 
 ``dnsmos``: ``speechmos/dnsmos_models/sig_bak_ovr.onnx``, the DNSMOS P.835 model
 (keras2onnx, opset 12, 287k weights): the STFT as two 1-D Convs (real and imaginary DFT
@@ -9,7 +10,14 @@ Input ``input_1`` float32 [N, 144160]: 9.01 s of 16 kHz audio in [-1, 1]; output
 exactly (``dnsmos_scores``): a clip shorter than 9.01 s is doubled until it is long
 enough, cut into 9.01 s segments every second, the raw outputs mapped through the
 package's P.835 polynomials (``get_polyfit_val``, not personalized) and averaged over
-segments. The P.808 mel model speechmos also runs is not part of this entry.
+segments. The P.808 mel model speechmos also runs is not in the zoo: ranking noise levels
+is not its task (FP32 orders 74% of the pairs, and a copy with every weight perturbed by
+0.3 of its std orders 87%), so that metric could not tell a worse model from a better one.
+
+``pdnsmos``: ``speechmos/pdnsmos_models/sig_bak_ovr.onnx``, personalized DNSMOS P.835:
+the same network trained anew to also penalise interfering talkers, with its own
+(cubic) polynomials (``get_polyfit_val`` with ``is_personalized_MOS``); the same clips,
+segments and metric as ``dnsmos``. FP32 ranks 0.833 of the default pairs by BAK.
 
 ``plcmos``: ``speechmos/plcmos_models/plcmos_v2.onnx``, the PLCMOS v2 packet-loss
 concealment rater (PyTorch export, opset 11, 299k weights): 4 Conv + LeakyReLU with 3
@@ -54,9 +62,10 @@ import numpy as np
 from . import prose, vad
 from .base import Feeds, ZooEntry, ZooSkip, check_split
 
-__all__ = ["DNSMOSEntry", "PLCMOSEntry", "speech", "add_noise", "drop_packets", "dnsmos_clips",
-           "plcmos_clips", "dnsmos_segments", "dnsmos_polyfit", "dnsmos_scores", "plc_features",
-           "rater_embeddings", "plcmos_scores", "rank_accuracy"]
+__all__ = ["DNSMOSEntry", "PersonalizedDNSMOSEntry", "PLCMOSEntry", "speech", "add_noise",
+           "drop_packets", "dnsmos_clips", "plcmos_clips", "dnsmos_segments", "dnsmos_polyfit",
+           "dnsmos_scores", "pdnsmos_scores", "plc_features", "rater_embeddings", "plcmos_scores",
+           "rank_accuracy"]
 
 PIP = "pip install speechmos==0.0.1.1"
 HINT = f"speechmos ({PIP})"
@@ -70,10 +79,15 @@ SEGMENT = int(INPUT_LENGTH * SR)         # 144160 samples
 PLC_SECONDS = 6.0
 SENTENCES = 6                            # prose sentences reserved per utterance
 RATER_ROUNDS, RATER_SEED = 15, 0         # speechmos PLCMOS embed_rounds; our fixed seed
-# speechmos/dnsmos.py get_polyfit_val (not personalized): raw -> P.835 MOS
+# speechmos/dnsmos.py get_polyfit_val: raw (SIG, BAK, OVRL) -> P.835 MOS
 POLY_SIG = (-0.08397278, 1.22083953, 0.0052439)
 POLY_BAK = (-0.13166888, 1.60915514, -0.39604546)
 POLY_OVR = (-0.06766283, 1.11546468, 0.04602535)
+P835 = (POLY_SIG, POLY_BAK, POLY_OVR)
+# ... and with is_personalized_MOS (the personalized model's own polynomials)
+P835_PERSONALIZED = ((-0.01019296, 0.02751166, 1.19576786, -0.24348726),
+                     (-0.04976499, 0.44276479, -0.1644611, 0.96883132),
+                     (-0.00533021, 0.005101, 1.18058466, -0.11236046))
 
 Clip = Tuple[np.ndarray, int, int]       # (float32 audio at 16 kHz, utterance, level)
 
@@ -161,22 +175,27 @@ def dnsmos_segments(audio: np.ndarray) -> np.ndarray:
     return np.stack([s for s in segs if len(s) >= SEGMENT]).astype(np.float32)
 
 
-def dnsmos_polyfit(raw: np.ndarray) -> np.ndarray:
+def dnsmos_polyfit(raw: np.ndarray, polys=P835) -> np.ndarray:
     """[..., 3] raw (SIG, BAK, OVRL) -> P.835 MOS by speechmos's polynomials."""
     raw = np.asarray(raw, np.float64)
-    return np.stack([np.polyval(p, raw[..., j]) for j, p in enumerate((POLY_SIG, POLY_BAK, POLY_OVR))], -1)
+    return np.stack([np.polyval(p, raw[..., j]) for j, p in enumerate(polys)], -1)
 
 
-def dnsmos_scores(session, audio: Sequence[np.ndarray], batch: int = 4) -> np.ndarray:
+def dnsmos_scores(session, audio: Sequence[np.ndarray], batch: int = 4, polys=P835) -> np.ndarray:
     """[clips, 3] (SIG, BAK, OVRL) per clip: polyfit of each segment's output, averaged.
     Small batches: one 9 s segment's first 2-D Conv output alone is 74 MB."""
     segs = [dnsmos_segments(a) for a in audio]
     flat = np.concatenate(segs)
     raw = np.concatenate([session.run(None, {"input_1": flat[i:i + batch]})[0]
                           for i in range(0, len(flat), batch)])
-    mos = dnsmos_polyfit(raw)
+    mos = dnsmos_polyfit(raw, polys)
     bounds = np.cumsum([0] + [len(s) for s in segs])
     return np.stack([mos[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def pdnsmos_scores(session, audio: Sequence[np.ndarray], batch: int = 4) -> np.ndarray:
+    """``dnsmos_scores`` with the personalized model's polynomials."""
+    return dnsmos_scores(session, audio, batch, P835_PERSONALIZED)
 
 
 def plc_features(audio: np.ndarray) -> np.ndarray:
@@ -307,6 +326,16 @@ class DNSMOSEntry(_SpeechMOSEntry):
             yield {"input_1": dnsmos_segments(audio)}
 
 
+class PersonalizedDNSMOSEntry(DNSMOSEntry):
+    """Personalized DNSMOS P.835: the same network trained to also penalise interfering
+    talkers (its own weights and polynomials); metric: BAK ranking vs SNR."""
+
+    name = "pdnsmos"
+    source = "speechmos (package file speechmos/pdnsmos_models/sig_bak_ovr.onnx)"
+    package_model = ("speechmos", "pdnsmos_models", "sig_bak_ovr.onnx")
+    _score_fn = staticmethod(pdnsmos_scores)
+
+
 class PLCMOSEntry(_SpeechMOSEntry):
     """PLCMOS v2 (opset 11, 4 Conv + 2 GRU + Gemm head); metric: ranking vs packet loss."""
 
@@ -326,4 +355,4 @@ class PLCMOSEntry(_SpeechMOSEntry):
 
 
 def speechmos_entries():
-    return [DNSMOSEntry(), PLCMOSEntry()]
+    return [DNSMOSEntry(), PLCMOSEntry(), PersonalizedDNSMOSEntry()]
