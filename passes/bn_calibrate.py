@@ -22,10 +22,15 @@ onnxruntime runs (CPU).
   and moves them by what the FP8 weights change, ``r = std_q / std_f``,
   ``var' = (var + eps) r^2 - eps``, ``mean' = mean_q - (mean_f - mean) r``, so the BN
   output keeps the float model's moments, as for folded BN below.
-- **BN folded** (any other quantized Conv): with ``y_f`` the output of the float model
-  and ``y_q`` the output under FP8 weights, ``a_c = std_f / std_q`` and
-  ``W' = a_c W``, ``b' = a_c b + (mean_f - a_c mean_q)`` (a zero bias is added when the
-  Conv has none). Max scaling makes the FP8 codes of ``a_c W`` those of ``W`` with an
+- **BN folded** (a quantized Conv with a bias, or with a per-channel constant Add as
+  its only reader, where Paddle's export keeps a folded BN's shift): with ``y_f`` the
+  output of the float model and ``y_q`` the output under FP8 weights,
+  ``a_c = std_f / std_q`` and ``W' = a_c W``, ``b' = a_c b + (mean_f - a_c mean_q)`` (a
+  zero bias is added when the Conv has none). A Conv with neither had no BN folded
+  into it and is left alone (``skipped``): DNSMOS computes its STFT as two bias-less
+  DFT Convs whose outputs are squared and logged, and the per-channel shifts that
+  lowered their outputs' squared error moved the quiet bins' log power so far that
+  every score of its BN-calibrated E4M3 model was wrong (BAK ranking 0.26 against 0.925). Max scaling makes the FP8 codes of ``a_c W`` those of ``W`` with an
   ``a_c`` times larger scale, so the correction holds exactly in the FP8 model.
   ``a_c`` (cumulative) is clamped to ``clamp`` (logged); a channel with ``std_q ~ 0`` or
   ``std_f ~ 0`` keeps ``a_c = 1`` and only has its mean shifted.

@@ -269,12 +269,16 @@ def test_modified_is_measured_and_a_second_run_changes_nothing():
 
 @pytest.mark.parametrize("quantized_weights", [True, False])
 def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog, quantized_weights):
+    """A folded BN's shift in an Add after a bias-less Conv (Paddle's export): the Conv is
+    corrected and gets a bias of its own."""
     r = B.rng(3)
     w = r.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)
     w[2] = 0.0  # a dead channel: std_q = 0, left alone
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    m = B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("y", ["N", 4, 8, 8])], [B.init("w", w)])
+             helper.make_node("Add", ["c", "shift"], ["s"], name="bn_shift"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    m = B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("y", ["N", 4, 8, 8])],
+                [B.init("w", w), B.init("shift", r.normal(0, 0.2, (1, 4, 1, 1)).astype(np.float32))])
     work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
     x = r.normal(0.3, 1.0, (32, 3, 8, 8)).astype(np.float32)
     plan = plan_quantization(work, make_recipe(format="e5m2"))
@@ -295,16 +299,50 @@ def test_conv_without_bias_gets_one_and_clamp_keeps_weights(caplog, quantized_we
     np.testing.assert_allclose(moments(yq)[0], moments(yf)[0], atol=1e-5)  # means matched
 
 
+@pytest.mark.parametrize("after,corrected", [
+    ("square", False),              # a DFT-like Conv whose output is squared (a power spectrum)
+    ("add per-position", False),    # an Add of a [W] constant: not a per-channel shift
+    ("add per-channel", True),      # an Add of a [C, 1, 1] constant: a folded BN's shift
+    ("add per-channel rank 4", True),
+])
+def test_conv_without_bias_or_shift_after_it_is_not_corrected(after, corrected):
+    """No bias and no per-channel Add: nothing was folded into the Conv, and a per-channel
+    shift would move its output where a nonlinearity (here a square, as in DNSMOS's STFT
+    power) magnifies small offsets."""
+    r = B.rng(9)
+    w = r.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)
+    inits = [B.init("w", w)]
+    conv = helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])
+    if after == "square":
+        tail = [helper.make_node("Mul", ["c", "c"], ["y"], name="power")]
+    else:
+        shape = {"add per-position": (8,), "add per-channel": (4, 1, 1), "add per-channel rank 4": (1, 4, 1, 1)}[after]
+        inits.append(B.init("k", r.normal(0, 0.2, shape).astype(np.float32)))
+        tail = [helper.make_node("Add", ["c", "k"], ["y"], name="shift")]
+    m = B.model([conv] + tail, [B.vi("input", ["N", 3, 8, 8])], [B.vi("y", ["N", 4, 8, 8])], inits)
+    work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
+    before = work.SerializeToString()
+    x = r.normal(0.3, 1.0, (16, 3, 8, 8)).astype(np.float32)
+    p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e4m3")), [{"input": x}], progress=False)
+    result = p(work)
+    assert [c["node"] for c in p.corrections] == (["conv"] if corrected else [])
+    if not corrected:
+        from fp8onnx.passes._bn_targets import NO_FOLDED_BN
+        assert p.skipped == [("conv", NO_FOLDED_BN)]
+        assert not result.modified and work.SerializeToString() == before
+
+
 def test_conv_transpose_output_channels_are_axis_1():
     r = B.rng(5)
     w1 = r.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32)
     w2 = r.normal(0, 0.3, (6, 4, 2, 2)).astype(np.float32)  # ConvTranspose: [C_in, C_out, k, k]
-    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
              helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["y"], name="up", strides=[2, 2]),
              helper.make_node("Relu", ["y"], ["out"], name="relu2")]
     m = B.model(nodes, [B.vi("input", ["N", 3, 8, 8])], [B.vi("out", ["N", 4, 16, 16])],
-                [B.init("w1", w1), B.init("w2", w2), B.init("b2", r.normal(0, 0.1, 4).astype(np.float32))])
+                [B.init("w1", w1), B.init("b1", r.normal(0, 0.1, 6).astype(np.float32)), B.init("w2", w2),
+                 B.init("b2", r.normal(0, 0.1, 4).astype(np.float32))])
     work = prepare(onnx.ModelProto.FromString(m.SerializeToString()))
     x = r.normal(0.2, 1.0, (48, 3, 8, 8)).astype(np.float32)
     p = BatchNormCalibration(plan_quantization(work, make_recipe(format="e5m2")), [{"input": x}], progress=False)
@@ -395,13 +433,14 @@ def _branchy_model():
     r = B.rng(11)
     shapes = {"w1": (6, 3, 3, 3), "w2a": (6, 6, 3, 3), "w2b": (6, 6, 1, 1), "w3": (6, 6, 3, 3), "wu": (6, 4, 2, 2)}
     inits = [B.init(k, r.normal(0, 0.35, s).astype(np.float32)) for k, s in shapes.items()]
-    inits += [B.init(f"b{k}", r.normal(0.1, 0.2, n).astype(np.float32)) for k, n in (("1", 6), ("3", 6), ("u", 4))]
+    inits += [B.init(f"b{k}", r.normal(0.1, 0.2, n).astype(np.float32))
+              for k, n in (("1", 6), ("2a", 6), ("2b", 6), ("3", 6), ("u", 4))]
     pad = dict(pads=[1, 1, 1, 1])
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", **pad),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2a"], ["c2a"], name="conv2a", **pad),
+             helper.make_node("Conv", ["r1", "w2a", "b2a"], ["c2a"], name="conv2a", **pad),
              helper.make_node("Relu", ["c2a"], ["r2a"], name="relu2a"),
-             helper.make_node("Conv", ["r1", "w2b"], ["c2b"], name="conv2b"),
+             helper.make_node("Conv", ["r1", "w2b", "b2b"], ["c2b"], name="conv2b"),
              helper.make_node("Add", ["r2a", "c2b"], ["s"], name="add"),
              helper.make_node("Conv", ["s", "w3", "b3"], ["c3"], name="conv3", **pad),
              helper.make_node("Add", ["c3", "r1"], ["s2"], name="skip"),
