@@ -19,11 +19,18 @@ Ratios: ORT / ours, ml_dtypes / ours, ours / copy. Usage::
 
 ``--activation-sizes`` instead asks where an emulated CNN's FakeQuant time goes: in
 place, on one thread, at the sizes of MobileNetV2's activations (75K-1.2M elements,
-cache-resident or nearly), fake-quant with a calibrated scale (the loop divides, as
-onnxruntime's QuantizeLinear does, to stay bit-exact) and with a power-of-two scale (it
-multiplies by the exact reciprocal: ``--pow2-scales``) beside an in-place ``x *= 1`` pass,
-the floor of any read-modify-write loop. Compare the vector widths the JIT may use with
-``NUMBA_CPU_FEATURES`` (e.g. the host's features plus ``-prefer-256-bit`` on AVX-512).
+cache-resident or nearly), the serial loops called directly (no wrapper), side by side:
+
+* old:  a calibrated scale with the dividing loop (every element x / scale, as
+        onnxruntime's QuantizeLinear; ``_cast._fake_quant_tensor_divide``)
+* new:  the same scale with the shipped loop (x * (1/scale) in blocks, a block redone
+        dividing when an element is near a rounding midpoint; see ``_cast``)
+* pow2: a power-of-two scale (multiplies by the exact reciprocal: ``--pow2-scales``)
+* pass: an in-place ``x *= 1``, the floor of any read-modify-write loop
+
+with the medians of the per-round ratios (each round times all four back to back).
+Compare the vector widths the JIT may use with ``NUMBA_CPU_FEATURES`` (e.g. the host's
+features plus ``-prefer-256-bit`` on AVX-512).
 
 (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, set on some processors here, do not affect these
 loops: none of them calls BLAS.)
@@ -50,18 +57,31 @@ ML_TYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m4": "float8_e3m4
             "e4m3fnuz": "float8_e4m3fnuz", "e5m2fnuz": "float8_e5m2fnuz"}
 
 
-def interleaved_ns(fns, n, reps):
-    """Median ns/element of each callable, timed round-robin so that all of them see the
-    same machine load (this machine is shared: run-to-run noise is large)."""
+def interleaved_times(fns, reps, before=None):
+    """Seconds per call of each callable, ``reps`` rounds, timed round-robin so that all of
+    them see the same machine load (this machine is shared: run-to-run noise is large).
+    ``before``, if given, runs untimed before every call."""
     for fn in fns.values():
         fn()  # warm-up (and first-use compilation / cache load)
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) / n * 1e9 for k, v in times.items()}
+    return times
+
+
+def interleaved_ns(fns, n, reps):
+    """Median ns/element of each callable (see interleaved_times)."""
+    return {k: statistics.median(v) / n * 1e9 for k, v in interleaved_times(fns, reps).items()}
+
+
+def median_ratio(times, a, b):
+    """Median over rounds of time a / time b (a ratio within a round shares its load)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def ort_runner(fmt, x, scale, axis, threads):
@@ -113,7 +133,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--formats", nargs="+", default=list(formats.FORMATS))
     ap.add_argument("--activation-sizes", action="store_true",
-                    help="in-place fake-quant at activation sizes: division vs power-of-two scale vs x *= 1")
+                    help="in-place fake-quant at activation sizes: dividing vs shipped loop vs "
+                         "power-of-two scale vs x *= 1")
     args = ap.parse_args(argv)
     if args.activation_sizes:
         return activation_sizes(args.formats, max(args.reps, 51))
@@ -162,32 +183,40 @@ def main(argv=None):
 
 
 def activation_sizes(names, reps):
-    """In-place ns/element on one thread: exact scale, power-of-two scale, ``x *= 1``."""
+    """In-place ns/element on one thread: dividing loop, shipped loop, power-of-two scale,
+    ``x *= 1``; and the medians of the per-round ratios."""
     import numba
+
+    from fp8onnx.kernels import _cast
 
     numba.set_num_threads(1)
     rng = np.random.default_rng(0)
-    print(f"in-place fake_quant per tensor, one thread, median of {reps} interleaved runs, ns/element\n")
-    print("| format | elements | exact scale (divides) | power-of-two scale (multiplies) | x *= 1 | "
-          "exact / pow2 | exact / x*=1 |")
-    print("|" + "---|" * 7)
+    print(f"in-place fake_quant per tensor, one thread, {reps} interleaved rounds: median "
+          "ns/element and median per-round ratios\n")
+    print("| format | elements | old: divides | new: multiplies, checked | pow2 scale | x *= 1 | "
+          "new / old | pow2 / old | new / pow2 | old / x*=1 |")
+    print("|" + "---|" * 10)
     for name in names:
         f = formats.get(name)
-        if not f.is_float:
-            continue
         for n in (75_264, 401_408, 1_204_224):  # 28x28x96, 112x112x32, 112x112x96
-            y = (rng.standard_normal(n) * 3).astype(np.float32)
-            exact = np.float32(f.scale_for(np.float32(11.3)))  # a calibrated scale: not a power of two
+            y0 = (rng.standard_normal(n) * 3).astype(np.float32)
+            y = y0.copy()
+            exact = np.float32(f.scale_for(np.float32(11.3)))  # calibrated: not a power of two
             pow2 = np.float32(2.0 ** np.ceil(np.log2(exact)))
-            # One array serves all three in place: the loops are branch-free, so their time
-            # does not depend on the values (which stay far from float32 subnormals).
-            t = interleaved_ns({
-                "exact": lambda: kernels.fake_quant(f, y, exact, out=y),
-                "pow2": lambda: kernels.fake_quant(f, y, pow2, out=y),
+            k = f.kernel_id
+            # Each call gets fresh activations (copied in untimed, so also cache-warm, as
+            # after the layer that wrote them): the new loop's work depends on the values.
+            t = interleaved_times({
+                "old": lambda: _cast._fake_quant_tensor_divide(y, exact, True, k, y),
+                "new": lambda: _cast.fake_quant_tensor(y, exact, True, k, y),
+                "pow2": lambda: _cast.fake_quant_tensor(y, pow2, True, k, y),
                 "pass": lambda: np.multiply(y, np.float32(1.0), out=y),
-            }, n, reps)
-            print(f"| {name} | {n} | {t['exact']:.3f} | {t['pow2']:.3f} | {t['pass']:.3f} | "
-                  f"{t['exact'] / t['pow2']:.2f} | {t['exact'] / t['pass']:.1f} |")
+            }, reps, before=lambda: np.copyto(y, y0))
+            ns = {key: statistics.median(v) / n * 1e9 for key, v in t.items()}
+            print(f"| {name} | {n} | {ns['old']:.3f} | {ns['new']:.3f} | {ns['pow2']:.3f} | "
+                  f"{ns['pass']:.3f} | {median_ratio(t, 'new', 'old'):.3f} | "
+                  f"{median_ratio(t, 'pow2', 'old'):.3f} | {median_ratio(t, 'new', 'pow2'):.3f} | "
+                  f"{median_ratio(t, 'old', 'pass'):.1f} |", flush=True)
     return 0
 
 

@@ -14,8 +14,9 @@ op, rely on these exact names and signatures):
   ``fp8onnx.kernels`` checked dtypes, shapes, contiguity, a finite positive scale and a
   known ``fmt_id`` (an unknown id leaves ``out`` untouched).
 * Semantics are onnxruntime's QuantizeLinear/DequantizeLinear with zero point 0,
-  bit for bit: ``y = x / scale`` (a division, as onnxruntime does, not a multiply by
-  the reciprocal), rounded to nearest even; ``saturate`` clamps finite overflow and
+  bit for bit: ``y = x / scale`` (the float32 quotient, as onnxruntime divides; see
+  below for when the loops multiply by 1/scale instead), rounded to nearest even;
+  ``saturate`` clamps finite overflow and
   +-Inf to +-max; without it overflow becomes NaN (or Inf for E5M2). NaN stays NaN.
   Dequantize is ``decode(code) * scale``; fake-quant is the two fused in one pass.
   onnxruntime's own departures are followed too (each pinned by a test): without
@@ -27,6 +28,15 @@ op, rely on these exact names and signatures):
 The rounding itself (``_elem``) lets the FPU round: it adds and subtracts a power of two
 chosen from the exponent, so each loop is a handful of vector instructions per 8-16
 elements, as fast as a memory copy on large arrays (``tools/bench_kernels.py``).
+
+The division then bounds the fake-quant loops, and x * (1/scale) is not always the
+quotient, so they multiply only where that is bit-exact: for a power-of-two scale (the
+product is then the quotient); and, in the common saturating FP8 (E4M3FN, E5M2, E3M4)
+and INT8 loops per tensor or per row, for scales in [2**-100, 2**100], in blocks of
+elements whose product ``_elem`` shows to round as the quotient does (not within 8 ulps
+of a rounding midpoint, finite): a block with any other element is redone dividing.
+Quantize, the per-channel loop with the channels innermost, and the other fake-quant
+variants divide.
 """
 from __future__ import annotations
 
@@ -34,11 +44,13 @@ import numpy as np
 from numba import njit, prange
 
 from ._elem import (_JIT, _TABLES, INT8_ID, N_FORMATS, _and, _bits, _fq_float, _fq_float_sat,
-                    _params, _q_float, _round_int8, decode_table)
+                    _fq_float_sat_mul, _fq_int8_mul, _params, _q_float, _round_int8, decode_table)
 
 _MANT = np.int32(0x007FFFFF)
 _MIN_NORMAL_BITS = np.int32(0x00800000)     # 2**-126
 _MAX_FINITE_EXP_BITS = np.int32(0x7F000000)  # 2**127
+_MUL_LO_BITS = np.int32((127 - 100) << 23)   # 2**-100
+_MUL_HI_BITS = np.int32((127 + 100) << 23)   # 2**100
 
 __all__ = [
     "fake_quant_tensor", "fake_quant_axis", "quantize_tensor", "quantize_axis",
@@ -57,26 +69,43 @@ def _row_loop(inplace):
     in-place copy: onnxruntime hands FakeQuant its input's buffer when nothing else reads
     it, and LLVM's runtime alias check sends a two-array loop whose arrays overlap to its
     scalar version (~7x slower, measured), while one array read and written vectorises.
-    ``inplace`` is a compile-time constant, so each copy keeps only its own branch."""
+    ``inplace`` is a compile-time constant, so each copy keeps only its own branch.
+    ``divide`` forces the plain dividing loop, the reference that the tests and
+    tools/bench_kernels.py compare the multiplying blocks with."""
+    sat_blocks = _block_loop(inplace, _sat_fast, _sat_exact)
+    int8_blocks = _block_loop(inplace, _int8_fast, _int8_exact)
 
     @njit(**_JIT)
-    def loop(x, out, scale, fmt_id, p):
+    def loop(x, out, scale, fmt_id, p, divide):
         if inplace:
             src = out  # not x: x may be typed read-only
         else:
             src = x
         pow2 = _is_pow2(scale)
         inv = np.float32(1.0) / scale
+        blocks = not pow2 and not divide and _mul_checkable(scale)
         if fmt_id == INT8_ID:
+            if blocks:
+                for i in range(int8_blocks(src, out, scale, inv, p), out.size):
+                    out[i] = _round_int8(src[i] / scale) * scale
+                return
             for i in range(out.size):
                 out[i] = _round_int8(_quotient(src[i], scale, inv, pow2)) * scale
         else:
             emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band = p[:10]
             if ovf == fmax and zsign != 0 and lo_band == hi_band:
+                if blocks:
+                    for i in range(sat_blocks(src, out, scale, inv, p), out.size):
+                        out[i] = _fq_float_sat(src[i] / scale, scale, emin_bits, emax_bits, c_add,
+                                               fmax, nan)
+                    return
                 for i in range(out.size):
                     out[i] = _fq_float_sat(_quotient(src[i], scale, inv, pow2), scale, emin_bits,
                                            emax_bits, c_add, fmax, nan)
                 return
+            # The other variants (saturation off, FNUZ: not the compiler's default) divide;
+            # unsaturated, a checked multiply would also have to watch onnxruntime's band
+            # edges (480, 65536), which are not midpoints.
             for i in range(out.size):
                 out[i] = _fq_float(_quotient(src[i], scale, inv, pow2), scale, emin_bits,
                                    emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band)
@@ -84,15 +113,63 @@ def _row_loop(inplace):
     return loop
 
 
-_fq_row_apart, _fq_row_inplace = _row_loop(False), _row_loop(True)
+# Elements per block of the multiplying loops (fixed, so LLVM unrolls the vector loop).
+# The two-array loop pays more per block (two slices, an alias check): larger blocks.
+_BLOCK, _BLOCK_APART = 32, 128
 
 
-@njit(**_JIT)
-def _fq_row(x, out, scale, fmt_id, p):
-    if x.ctypes.data == out.ctypes.data:
-        _fq_row_inplace(x, out, scale, fmt_id, p)
-    else:
-        _fq_row_apart(x, out, scale, fmt_id, p)
+def _block_loop(inplace, fast, exact):
+    """Whole blocks of B elements: ``fast`` on x * inv gives each value and whether it is
+    certainly the division's; a block with any doubt is redone by ``exact`` on x / scale
+    (on values spread over the grid, ~1 block in 2000 for E4M3 and 1 in 250 for INT8 at
+    B = 32). Returns the number of elements done: the tail is the caller's. In place, a
+    doubtful element keeps x until the redo, which meets the block's finished values
+    again: fake-quant gives those back unchanged (grid * s / s is within 2 ulps of the
+    grid point, far from its rounding midpoints, for the scales _mul_checkable allows)."""
+
+    B = _BLOCK if inplace else _BLOCK_APART
+
+    @njit(**_JIT)
+    def blocks(src, out, scale, inv, p):
+        nblk = out.size // B
+        for k in range(nblk):
+            orow = out[k * B:(k + 1) * B]
+            srow = orow if inplace else src[k * B:(k + 1) * B]
+            sure = True
+            for j in range(B):
+                v = srow[j]
+                y, ok = fast(v * inv, scale, p)
+                if inplace:
+                    orow[j] = y if ok else v
+                else:
+                    orow[j] = y
+                sure &= ok
+            if not sure:
+                for j in range(B):
+                    orow[j] = exact(srow[j] / scale, scale, p)
+        return nblk * B
+
+    return blocks
+
+
+@njit(inline="always", **_JIT)
+def _sat_fast(y, scale, p):
+    return _fq_float_sat_mul(y, scale, p[0], p[2], p[3], p[16])
+
+
+@njit(inline="always", **_JIT)
+def _sat_exact(y, scale, p):
+    return _fq_float_sat(y, scale, p[0], p[1], p[2], p[3], p[5])
+
+
+@njit(inline="always", **_JIT)
+def _int8_fast(y, scale, p):
+    return _fq_int8_mul(y, scale)
+
+
+@njit(inline="always", **_JIT)
+def _int8_exact(y, scale, p):
+    return _round_int8(y) * scale
 
 
 @njit(inline="always", **_JIT)
@@ -111,13 +188,32 @@ def _is_pow2(scale):
 
 
 @njit(**_JIT)
+def _mul_checkable(scale):
+    """A scale in [2**-100, 2**100]: 1/scale is a normal float32 (so x * fl(1/scale) stays
+    within 3 ulps of x / scale, see _elem) and grid * scale neither under- nor overflows."""
+    b = _bits(scale)
+    return b >= _MUL_LO_BITS and b <= _MUL_HI_BITS
+
+
+_fq_row_apart, _fq_row_inplace = _row_loop(False), _row_loop(True)
+
+
+@njit(**_JIT)
+def _fq_row(x, out, scale, fmt_id, p, divide):
+    if x.ctypes.data == out.ctypes.data:
+        _fq_row_inplace(x, out, scale, fmt_id, p, divide)
+    else:
+        _fq_row_apart(x, out, scale, fmt_id, p, divide)
+
+
+@njit(**_JIT)
 def _q_row(x, out, scale, fmt_id, p):
     if fmt_id == INT8_ID:
         for i in range(x.size):
             out[i] = np.uint8(np.int32(_round_int8(x[i] / scale)) & 0xFF)
     else:
         (emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band,
-         bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign) = p
+         bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign) = p[:16]
         for i in range(x.size):
             out[i] = _q_float(x[i] / scale, emin_bits, emax_bits, c_add, fmax, ovf, nan,
                               lo_band, hi_band, band, bias_bits, shift, min_normal, nan_code,
@@ -141,7 +237,15 @@ def fake_quant_tensor(x, scale, saturate, fmt_id, out):
     if fmt_id < 0 or fmt_id >= N_FORMATS:
         return
     s = np.float32(scale)
-    _fq_row(x, out, s, fmt_id, _params(fmt_id, saturate))
+    _fq_row(x, out, s, fmt_id, _params(fmt_id, saturate), False)
+
+
+@njit(**_JIT)
+def _fake_quant_tensor_divide(x, scale, saturate, fmt_id, out):
+    """fake_quant_tensor computed with a division for every element (the reference)."""
+    if fmt_id < 0 or fmt_id >= N_FORMATS:
+        return
+    _fq_row(x, out, np.float32(scale), fmt_id, _params(fmt_id, saturate), True)
 
 
 @njit(parallel=True, **_JIT)
@@ -154,7 +258,7 @@ def fake_quant_tensor_parallel(x, scale, saturate, fmt_id, out):
     n = x.size
     for k in prange((n + _CHUNK - 1) // _CHUNK):
         lo, hi = k * _CHUNK, min(n, (k + 1) * _CHUNK)
-        _fq_row(x[lo:hi], out[lo:hi], s, fmt_id, p)
+        _fq_row(x[lo:hi], out[lo:hi], s, fmt_id, p, False)
 
 
 @njit(**_JIT)
@@ -210,7 +314,7 @@ def fake_quant_axis(x, scale, saturate, fmt_id, out):
     else:
         for o in range(outer):
             for c in range(nc):
-                _fq_row(x[o, c], out[o, c], scale[c], fmt_id, p)
+                _fq_row(x[o, c], out[o, c], scale[c], fmt_id, p, False)
 
 
 def _chan_loop(inplace):
@@ -271,7 +375,7 @@ def fake_quant_axis_parallel(x, scale, saturate, fmt_id, out):
     else:
         for k in prange(outer * nc):
             o, c = k // nc, k % nc
-            _fq_row(x[o, c], out[o, c], scale[c], fmt_id, p)
+            _fq_row(x[o, c], out[o, c], scale[c], fmt_id, p, False)
 
 
 @njit(**_JIT)

@@ -8,6 +8,21 @@ round-to-nearest-even: exactly the format's grid. Everything else (overflow, NaN
 onnxruntime's departures) is a select, so loops calling these vectorise. ``_params``
 turns a format id into the loop-invariant constants, once per call. ``decode_table``
 gives the 256 decoded values of each format (NaN bits as onnxruntime decodes them).
+
+Multiplying instead of dividing (``_fq_float_sat_mul``, ``_fq_int8_mul``): the division
+bounds the fake-quant loops, but y1 = x * fl(1/s) can differ from y = fl(x / s) in the
+last bits. For a normal 1/s, y and y1 are within a relative 2**-24 and 2**-23 + 2**-48
+of x / s, so |y1 - y| < 3.0001 * 2**(E - 23) for y1 in binade E (< 2**-148 where the
+quotient is float32-subnormal). Rounding onto the grid is a step function of |y| that
+steps only at the midpoints between grid points, and the add-and-subtract's residual
+a - r (exact: Sterbenz) says how far |y1| is from them. If |a - r| is below half the
+spacing less 8 * 2**(E' - 23) (E' >= E, the clamped exponent), no midpoint lies within
+8 ulps of |y1|, so y rounds to the same r; saturation and the sign follow from r and
+x's sign, so they agree as well. INT8 is the same with rint's half-integers, whose
+margin 2**-14 is 8 ulps at 64..128 (past 128 both clamp). Not ok (the caller divides):
+a midpoint within the margin; NaN or Inf y1 (the residual is NaN); y1 at or past
+2**(105 + m), where C, unclamped above (both saturate there anyway), wraps to a negative
+or infinite float.
 """
 from __future__ import annotations
 
@@ -25,6 +40,7 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 INT8_ID = 5
 N_FORMATS = 6
+_MARGIN_ULPS = 8  # > 3, the most x * fl(1/s) and x / s part by, in ulps of the binade (module note)
 
 
 @intrinsic
@@ -99,12 +115,12 @@ def _params(fmt_id, saturate):
     """Loop-invariant constants of FP8 format ``fmt_id`` (see the module note).
 
     Returns (emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band,
-    bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign):
+    bias_bits, shift, min_normal, nan_code, ovf_code, zcode_sign, tol):
     exponent-field clamps and the offset making C; the largest finite value; what an
     overflow becomes (max when saturating, else NaN or Inf) and the decoded NaN bits;
     the sign mask kept on zero (0 for FNUZ, which has no -0); a band [lo, hi) of |y|
     that onnxruntime maps to ``band`` (its quirks, below);
-    then the encoder's constants.
+    then the encoder's constants; last ``tol`` for ``_fq_float_sat_mul``.
     """
     # e4m3
     m, bias, emax, fmax, has_inf, fnuz = 3, 7, 8, np.float32(448.0), False, False
@@ -143,8 +159,11 @@ def _params(fmt_id, saturate):
     nan_code = np.int32(0x80) if fnuz else np.int32((1 << (8 - 1)) - 1)
     ovf_code = np.int32(0x7C) if has_inf else nan_code
     zcode_sign = np.int32(0) if fnuz else np.int32(0x80)
+    # C * tol = half the grid spacing less _MARGIN_ULPS ulps of the binade:
+    # tol = 2**-24 - 8 * 2**(m - 46), exact in float32.
+    tol = np.float32(2.0 ** -24 - _MARGIN_ULPS * 2.0 ** (m - 46))
     return (emin_bits, emax_bits, c_add, fmax, ovf, nan, zsign, lo_band, hi_band, band,
-            bias_bits, np.int32(23 - m), min_normal, nan_code, ovf_code, zcode_sign)
+            bias_bits, np.int32(23 - m), min_normal, nan_code, ovf_code, zcode_sign, tol)
 
 
 @njit(inline="always", **_JIT)
@@ -185,6 +204,35 @@ def _fq_float_sat(y, scale, emin_bits, emax_bits, c_add, fmax, nan):
     r = fmax if r > fmax else r
     r = nan if r != r else r
     return _float(_or(_bits(r), sign)) * scale
+
+
+@njit(inline="always", **_JIT)
+def _fq_float_sat_mul(y1, scale, emin_bits, c_add, fmax, tol):
+    """(``_fq_float_sat(y1, ...)``, ok) for ``y1 = x * fl(1/scale)``: when ok, the value is
+    ``_fq_float_sat(x / scale, ...)``'s, bit for bit (module note); otherwise it is to be
+    discarded. The check costs four vector operations; leaving NaN, Inf and the huge
+    values to the division saves the top clamp and the NaN select."""
+    yb = _bits(y1)
+    a = _float(_and(yb, _ABS))
+    # No clamp to the largest binade: above it r only grows (still > fmax), and where
+    # E + 23 - m passes 127 the exponent wraps, making C negative or Inf: then not ok.
+    c = _float(_add(_smax(_and(yb, _EXP), emin_bits), c_add))
+    r = (a + c) - c
+    ok = abs(a - r) < c * tol  # the residual a - r is exact; NaN (from Inf or NaN) is not ok
+    r = fmax if r > fmax else r
+    return _float(_or(_bits(r), _and(yb, _SIGN))) * scale, ok
+
+
+@njit(inline="always", **_JIT)
+def _fq_int8_mul(y1, scale):
+    """(``_round_int8(y1) * scale``, ok) for ``y1 = x * fl(1/scale)``, as ``_fq_float_sat_mul``:
+    ok unless y1 is within 2**-14 of a half-integer, or not finite."""
+    r = np.float32(np.rint(y1))
+    ok = abs(y1 - r) < np.float32(0.5 - 2.0 ** -14)
+    r = r + np.float32(0.0)
+    r = np.float32(-128.0) if r < np.float32(-128.0) else r
+    r = np.float32(127.0) if r > np.float32(127.0) else r
+    return r * scale, ok
 
 
 @njit(inline="always", **_JIT)
