@@ -126,24 +126,23 @@ def assert_bits(got, want, what):
                            f"got {g[bad[0]]:#010x} want {w[bad[0]]:#010x}")
 
 
-def check_tensor(f, x, s, saturate, what, threaded=False):
-    want = reference(f, x, s, saturate)
+def _apart_and_in_place(fn, f, x, s, saturate, want, what):
     got = np.empty_like(x)
-    _cast.fake_quant_tensor(x, s, saturate, f.kernel_id, got)
+    fn(x, s, saturate, f.kernel_id, got)
     assert_bits(got, want, f"{what} apart")
     inplace = x.copy()
-    _cast.fake_quant_tensor(inplace, s, saturate, f.kernel_id, inplace)
+    fn(inplace, s, saturate, f.kernel_id, inplace)
     assert_bits(inplace, want, f"{what} in place")
+
+
+def check_tensor(f, x, s, saturate, what, threaded=False):
+    want = reference(f, x, s, saturate)
+    _apart_and_in_place(_cast.fake_quant_tensor, f, x, s, saturate, want, what)
     old = np.empty_like(x)
     _cast._fake_quant_tensor_divide(x, s, saturate, f.kernel_id, old)
     assert_bits(old, want, f"{what} dividing loop")
     if threaded:
-        par = np.empty_like(x)
-        _cast.fake_quant_tensor_parallel(x, s, saturate, f.kernel_id, par)
-        assert_bits(par, want, f"{what} threaded")
-        par = x.copy()
-        _cast.fake_quant_tensor_parallel(par, s, saturate, f.kernel_id, par)
-        assert_bits(par, want, f"{what} threaded in place")
+        _apart_and_in_place(_cast.fake_quant_tensor_parallel, f, x, s, saturate, want, f"{what} threaded")
     return want
 
 
@@ -186,12 +185,7 @@ def test_hard_cases_per_channel(name, saturate):
         want = (r * sc[None, :, None]).astype(F32)
         what = f"{name} sat={saturate} shape={x3.shape}"
         for loop in (_cast.fake_quant_axis, _cast.fake_quant_axis_parallel):
-            got = np.empty_like(x3)
-            loop(x3, sc, saturate, f.kernel_id, got)
-            assert_bits(got, want, f"{what} {loop.__name__}")
-            got = x3.copy()
-            loop(got, sc, saturate, f.kernel_id, got)
-            assert_bits(got, want, f"{what} {loop.__name__} in place")
+            _apart_and_in_place(loop, f, x3, sc, saturate, want, f"{what} {loop.__name__}")
 
 
 @pytest.mark.parametrize("name", NAMES)
