@@ -120,24 +120,22 @@ def find_targets(model, plan, *, bn_mode: str, pow2: bool = False) -> Tuple[List
         node = by_name.get(d.node)
         use = d.weight_uses[0]
         reason = _unfit(node, use, index)
+        if not reason:
+            w0 = numpy_helper.to_array(index.initializers[use.tensor]).astype(np.float32)
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            channels = w0.shape[0] if node.op_type == "Conv" else w0.shape[1] * group
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            bn, bn_input = _bn_after(node, index)
+            if bn is None and bias is None and not _bias_add_after(node, channels, w0.ndim, index):
+                reason = NO_FOLDED_BN
         if reason:
             skipped.append((d.node, reason))
             log.info("bn calibration: %s skipped: %s", d.node, reason)
             continue
-        w0 = numpy_helper.to_array(index.initializers[use.tensor]).astype(np.float32)
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        channels = w0.shape[0] if node.op_type == "Conv" else w0.shape[1] * group
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         b0 = (numpy_helper.to_array(index.initializers[bias]).astype(np.float32) if bias
               else np.zeros(channels, np.float32))
         t = Target(node, "folded", _formats.get(d.weight_format), use.axis, use.tensor, bias,
                    node.output[0], channels, w0, b0, pow2=pow2)
-        bn, bn_input = _bn_after(node, index)
-        if bn is None and bias is None and not _bias_add_after(node, channels, w0.ndim, index):
-            reason = NO_FOLDED_BN
-            skipped.append((d.node, reason))
-            log.info("bn calibration: %s skipped: %s", d.node, reason)
-            continue
         if bn is not None:
             t.kind, t.bn, t.out = "bn-stats", bn, bn_input
             arr = [numpy_helper.to_array(index.initializers[n]).astype(np.float32) for n in bn.input[1:5]]
