@@ -74,9 +74,14 @@ def interleaved_times(fns, reps, before=None):
     return times
 
 
+def median_ns(times, n):
+    """Median ns/element of each callable's per-call seconds (from interleaved_times)."""
+    return {k: statistics.median(v) / n * 1e9 for k, v in times.items()}
+
+
 def interleaved_ns(fns, n, reps):
     """Median ns/element of each callable (see interleaved_times)."""
-    return {k: statistics.median(v) / n * 1e9 for k, v in interleaved_times(fns, reps).items()}
+    return median_ns(interleaved_times(fns, reps), n)
 
 
 def median_ratio(times, a, b):
@@ -212,7 +217,7 @@ def activation_sizes(names, reps):
                 "pow2": lambda: _cast.fake_quant_tensor(y, pow2, True, k, y),
                 "pass": lambda: np.multiply(y, np.float32(1.0), out=y),
             }, reps, before=lambda: np.copyto(y, y0))
-            ns = {key: statistics.median(v) / n * 1e9 for key, v in t.items()}
+            ns = median_ns(t, n)
             print(f"| {name} | {n} | {ns['old']:.3f} | {ns['new']:.3f} | {ns['pow2']:.3f} | "
                   f"{ns['pass']:.3f} | {median_ratio(t, 'new', 'old'):.3f} | "
                   f"{median_ratio(t, 'pow2', 'old'):.3f} | {median_ratio(t, 'new', 'pow2'):.3f} | "
