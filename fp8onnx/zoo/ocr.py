@@ -251,11 +251,28 @@ class OcrDetEntry(_Ocr):
         text = prose.lines(split, n * PAGE_LINES, LINE_WIDTH)
         return [render_page(text[i:i + PAGE_LINES]) for i in range(0, len(text), PAGE_LINES)][:n]
 
+    def page_input(self, page: np.ndarray) -> np.ndarray:
+        """RGB uint8 page -> float32 [1, 3, H, W], normalised to [-1, 1] as rapidocr does."""
+        x = (page.astype(np.float32) / 255 - 0.5) / 0.5
+        return x.transpose(2, 0, 1)[None]
+
+    def boxes(self, prob: np.ndarray, shape) -> List[np.ndarray]:
+        """Text boxes (4 x 2 corner points) from the probability map, rapidocr's DBPostProcess."""
+        require("rapidocr_onnxruntime", HINT)
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+        post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000,
+                             unclip_ratio=1.6, use_dilation=True, score_mode="fast")
+        return list(post(prob, shape)[0])
+
+    def recognizer(self) -> "OcrRecEntry":
+        """The entry whose FP32 model reads the detected lines."""
+        return OcrRecEntry()
+
     def _feeds(self, split: str, n: int) -> Iterator[Feeds]:
         inp, _ = self.io_names()
         for page in self._pages(split, n):
-            x = (page.astype(np.float32) / 255 - 0.5) / 0.5
-            yield {inp: x.transpose(2, 0, 1)[None]}
+            yield {inp: self.page_input(page)}
 
     def calib_feeds(self, n: int) -> Iterator[Feeds]:
         """One page per feed: 1 x 3 x 320 x 640, six lines of calibration prose."""
@@ -265,16 +282,12 @@ class OcrDetEntry(_Ocr):
         return self._feeds("eval", n)
 
     def read_pages(self, session, n: int) -> List[str]:
-        """Full OCR of ``n`` pages of the scored split: ``session`` detects, FP32 PP-OCRv4 rec reads."""
-        require("rapidocr_onnxruntime", HINT)
-        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
-
+        """Full OCR of ``n`` pages of the scored split: ``session`` detects, the FP32
+        :meth:`recognizer` reads."""
         from .base import model_bytes, ort_session
 
-        post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000,
-                             unclip_ratio=1.6, use_dilation=True, score_mode="fast")
         if "rec" not in self._ref_cache:   # the FP32 recogniser every det run shares
-            rec = OcrRecEntry()
+            rec = self.recognizer()
             self._ref_cache["rec"] = (rec, ort_session(model_bytes(rec._proto())))
         rec, rec_sess = self._ref_cache["rec"]
         rec_in, _ = rec.io_names()
@@ -282,7 +295,7 @@ class OcrDetEntry(_Ocr):
         texts = []
         for page, feeds in zip(self._pages(self.split, n), self.split_feeds(n)):
             prob = session.run([out], feeds)[0]
-            boxes, _ = post(prob, page.shape[:2])
+            boxes = self.boxes(prob, page.shape[:2])
             boxes = sorted((b.astype(np.float32) for b in boxes), key=lambda b: (b[:, 1].min(), b[:, 0].min()))
             lines = [rec.recognize(rec_sess, {rec_in: rec_input(_crop(page, b))})
                      for b in boxes]
