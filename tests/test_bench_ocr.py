@@ -90,3 +90,14 @@ def test_fp32_page_ocr_reads_the_rendered_text_and_caches_crops():
     assert again.lines == first.lines and len(ocr._cache) == cached     # same boxes, no new rec run
     moved = ocr.read(sess, page, boxes=pipe.grow_boxes(ocr.boxes(sess, page), 1))
     assert len(ocr._cache) == cached + 6 and moved.boxes == 6
+
+
+@pytest.mark.parametrize("out,says", [("{tmp}", "is a folder"), ("{tmp}/missing/b.md", "does not exist")])
+def test_bad_out_path_fails_before_any_work(tmp_path, capsys, out, says):
+    """The report path is checked first: a folder or a missing parent used to fail with a
+    traceback after minutes of compiling and scoring."""
+    bench = tool_modules.load("bench_ocr_calib")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--skip-peer", "--out", out.format(tmp=tmp_path)])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -252,6 +252,11 @@ def main(argv=None) -> int:
         return 0
     if a.height % 32 or a.width % 32:
         ap.error(f"--height {a.height} --width {a.width}: the DB detector needs multiples of 32")
+    # checked before minutes of compiling and scoring, not when the report is written
+    if Path(a.out).is_dir():
+        ap.error(f"--out {a.out} is a folder: give the report's file name, e.g. {Path(a.out) / 'bench.md'}")
+    if not Path(a.out).resolve().parent.is_dir():
+        ap.error(f"--out {a.out}: its folder does not exist; create it or choose another path")
     configs = list(dict((a.config or []) + (SWEEP if a.sweep else [])).items()) or list(DEFAULT_CONFIGS)
     shifts = [tuple(int(v) for v in s.split(",")) for s in a.shifts]
 
