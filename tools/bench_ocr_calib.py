@@ -3,6 +3,7 @@
     python tools/bench_ocr_calib.py [--repeat 3] [--eval-lines 240] [--calib-images 8]
                                     [--config 'LABEL=COMPILE FLAGS' ...] [--sweep] [--no-peer]
                                     [--shifts 1,1 1,0] [--out docs/bench_ocr_calib.md]
+    python tools/bench_ocr_calib.py --tune 0.03 [--tune-trials 30] [--tune-pages 8]
 
 Without --config/--sweep it compiles DEFAULT_CONFIGS (the chosen configuration first, then
 the runners-up); --sweep scores every configuration of SWEEP (run it with
@@ -34,6 +35,12 @@ the runners-up); --sweep scores every configuration of SWEEP (run it with
    onnxruntime session (what a user gets) and with those rewrites off.
 4. Writes a markdown table with notes to ``--out`` and prints it.
 
+``--tune TARGET`` instead runs ``fp8onnx.tune`` from TUNE_BASE, in this process, scoring each
+trial by the share of lines read exactly as with the FP32 detector on *tuning* pages (the
+``--tune-pages`` calibration-split pages after the ``--calib-images`` statistics pages),
+then reads the held-out lines with the tuner's choice, the base recipe and each set of
+single-node fallbacks the tuner kept. It prints; it writes no report.
+
 The steps live in modules of their own: pages and OCR in tools/ocr_pipeline.py, the child
 processes in bench_ocr_children.py, the scoring in bench_ocr_scoring.py, the report in
 bench_ocr_report.py; this script holds the command line, the configurations and the run.
@@ -47,6 +54,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +101,9 @@ DEFAULT_CONFIGS = [
     # std under FP8 weights): 217/240, 9.9 s (0.14 of onnxruntime's time on a quiet machine).
     ("e3m4 max bn-calib", "--format e3m4 --calib-method max --bn-calib"),
 ]
+
+# `--tune`: the recipe accuracy-aware tuning starts from (DEFAULT_CONFIGS' first, as options).
+TUNE_BASE = {"format": "e3m4", "weight_calib_method": "mse"}
 
 # `--sweep`: one change at a time from the compiler defaults (E4M3, standard, max).
 HEAD_LAST = r"--exclude 'p2o\.ConvTranspose\.2$'"                          # the last layer
@@ -158,6 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--peer-mem-gb", type=float, default=20.0, help="RLIMIT_AS of the peer's process")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a child is killed")
     ap.add_argument("--out", default="docs/bench_ocr_calib.md")
+    ap.add_argument("--tune", type=float, metavar="TARGET",
+                    help="run fp8onnx.tune to this relative loss of lines read as FP32 on tuning pages")
+    ap.add_argument("--tune-trials", type=int, default=30)
+    ap.add_argument("--tune-pages", type=int, default=8, help="calibration-split pages that score the trials")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return ap
 
@@ -243,6 +258,62 @@ def _score(a, det: str, eval_pages, shifts, ours, peer):
     return rows, fp32, peer_time
 
 
+def _tune(a) -> int:
+    """``--tune``: accuracy-aware tuning with the benchmark's own line metric (module doc)."""
+    import json
+
+    import onnx
+
+    import fp8onnx
+    from fp8onnx.runtime import InferenceSession
+
+    det = det_model_path()
+    pages = render_pages("calib", n_pages=a.calib_images + a.tune_pages, height=a.height,
+                         width=a.width, columns=a.columns)
+    stats_pages, tune_pages = pages[:a.calib_images], pages[a.calib_images:]
+    inp = onnx.load(det).graph.input[0].name
+    calib = [{inp: det_feed(p)} for p in stats_pages]
+    ocr = PageOcr()
+    fp32_lines = [line for p in tune_pages for line in ocr.read(scoring.session(det, safe=False), p).lines]
+    print(f"{len(fp32_lines)} tuning lines on {len(tune_pages)} pages", flush=True)
+
+    def score(model) -> float:
+        session = InferenceSession(model)
+        got = [line for p in tune_pages for line in ocr.read(session, p).lines]
+        return float(np.mean([g == f for g, f in zip(got, fp32_lines)]))
+
+    t0 = time.perf_counter()
+    r = fp8onnx.tune(det, calib, [calib[0]], target_loss=a.tune, score=score,
+                     max_trials=a.tune_trials, base_recipe=TUNE_BASE)
+    print(f"tuning: {time.perf_counter() - t0:.0f} s, target met: {r.met_target}", flush=True)
+    for t in r.history:
+        print(f"  trial {t.index:2d} {t.stage:13s} lines {100 * t.metric:5.1f}%  kept={t.kept}  "
+              f"{json.dumps(t.delta)}", flush=True)
+
+    eval_pages = render_pages("eval", n_lines=a.eval_lines, height=a.height, width=a.width,
+                              columns=a.columns)
+    fp32 = scoring.evaluate(det, eval_pages, ocr, safe=False)
+    best = min(r.history, key=lambda t: t.loss)
+    kept = [t.delta["nodes"] for t in r.history if t.kept and "nodes" in t.delta]
+    # the tuner's node keys are anchored regexes of node names; exclude takes plain names
+    candidates = [(f"tuner's choice (trial {best.index}, {json.dumps(best.delta)})", r.model),
+                  ("base recipe", {})] + [
+        (f"single-node fallbacks kept: {len(n)}",
+         {"exclude": sorted(k.strip("^$").replace("\\.", ".") for k in n)})
+        for n in kept]
+    with tempfile.TemporaryDirectory(prefix="bench_ocr_tune_") as work:
+        path = os.path.join(work, "candidate.onnx")
+        for label, what in candidates:
+            model = what if isinstance(what, onnx.ModelProto) else \
+                fp8onnx.compile_model(det, calibration=calib, **TUNE_BASE, **what).model
+            onnx.save(model, path)
+            ev = scoring.evaluate(path, eval_pages, ocr, safe=True)
+            same = sum(g == f for g, f in zip(ev["lines"], fp32["lines"]))
+            print(f"held out, {label} {what.get('exclude', '') if isinstance(what, dict) else ''}: "
+                  f"{same}/{len(fp32['lines'])}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = _parser()
@@ -257,6 +328,8 @@ def main(argv=None) -> int:
         ap.error(f"--out {a.out} is a folder: give the report's file name, e.g. {Path(a.out) / 'bench.md'}")
     if not Path(a.out).resolve().parent.is_dir():
         ap.error(f"--out {a.out}: its folder does not exist; create it or choose another path")
+    if a.tune is not None:
+        return _tune(a)
     configs = list(dict((a.config or []) + (SWEEP if a.sweep else [])).items()) or list(DEFAULT_CONFIGS)
     shifts = [tuple(int(v) for v in s.split(",")) for s in a.shifts]
 
