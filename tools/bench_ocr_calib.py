@@ -274,7 +274,8 @@ def _tune(a) -> int:
     inp = onnx.load(det).graph.input[0].name
     calib = [{inp: det_feed(p)} for p in stats_pages]
     ocr = PageOcr()
-    fp32_lines = [line for p in tune_pages for line in ocr.read(scoring.session(det, safe=False), p).lines]
+    fp32_session = scoring.session(det, safe=False)
+    fp32_lines = [line for p in tune_pages for line in ocr.read(fp32_session, p).lines]
     print(f"{len(fp32_lines)} tuning lines on {len(tune_pages)} pages", flush=True)
 
     def score(model) -> float:
@@ -296,21 +297,18 @@ def _tune(a) -> int:
     best = min(r.history, key=lambda t: t.loss)
     kept = [t.delta["nodes"] for t in r.history if t.kept and "nodes" in t.delta]
     # the tuner's node keys are anchored regexes of node names; exclude takes plain names
+    excludes = [sorted(k.strip("^$").replace("\\.", ".") for k in n) for n in kept]
     candidates = [(f"tuner's choice (trial {best.index}, {json.dumps(best.delta)})", r.model),
-                  ("base recipe", {})] + [
-        (f"single-node fallbacks kept: {len(n)}",
-         {"exclude": sorted(k.strip("^$").replace("\\.", ".") for k in n)})
-        for n in kept]
+                  ("base recipe", fp8onnx.compile_model(det, calibration=calib, **TUNE_BASE).model)] + [
+        (f"base recipe, in float: {', '.join(ex)}",
+         fp8onnx.compile_model(det, calibration=calib, exclude=ex, **TUNE_BASE).model) for ex in excludes]
     with tempfile.TemporaryDirectory(prefix="bench_ocr_tune_") as work:
         path = os.path.join(work, "candidate.onnx")
-        for label, what in candidates:
-            model = what if isinstance(what, onnx.ModelProto) else \
-                fp8onnx.compile_model(det, calibration=calib, **TUNE_BASE, **what).model
+        for label, model in candidates:
             onnx.save(model, path)
             ev = scoring.evaluate(path, eval_pages, ocr, safe=True)
             same = sum(g == f for g, f in zip(ev["lines"], fp32["lines"]))
-            print(f"held out, {label} {what.get('exclude', '') if isinstance(what, dict) else ''}: "
-                  f"{same}/{len(fp32['lines'])}", flush=True)
+            print(f"held out, {label}: {same}/{len(fp32['lines'])}", flush=True)
     return 0
 
 
@@ -352,7 +350,6 @@ def main(argv=None) -> int:
 
     shutil.rmtree(work, ignore_errors=True)  # calibration feeds and quantized models
     md = report.report(a, argv, rows, truth, fp32, ours, peer, parent_mb, mem_limit, peer_time, len(eval_pages))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(md, encoding="utf-8")
     print(md)
     return 0
