@@ -87,6 +87,11 @@ class _OutputBuffer:
             release(self._value)
 
 
+#: Session config entries carried over from an ``onnxruntime.SessionOptions``: the ones
+#: fp8onnx itself sets (threads that do not spin between runs, when two sessions alternate).
+_CONFIG_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
 def _os_path(path):
     """A path as ONNX Runtime's ORTCHAR_T string: wchar_t on Windows, char elsewhere."""
     return ctypes.c_wchar_p(os.fspath(path)) if os.name == "nt" else c_char_p(os.fsencode(path))
@@ -229,6 +234,12 @@ class InferenceSession:
                                                                    so.execution_mode))))
         api.check(api.SetSessionGraphOptimizationLevel(options, _level(so)))
         api.check(api.SetSessionLogSeverityLevel(options, int(so.log_severity_level)))
+        for key in _CONFIG_KEYS:  # the python options keep their config entries out of sight
+            try:
+                value = so.get_session_config_entry(key)
+            except Exception:  # not set
+                continue
+            api.check(api.AddSessionConfigEntry(options, key.encode(), str(value).encode()))
         if not so.enable_cpu_mem_arena:
             api.check(api.DisableCpuMemArena(options))
         if not so.enable_mem_pattern:
