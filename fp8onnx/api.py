@@ -116,11 +116,6 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     _check_precision(plan)
     clip = recipe.weight_calib_method != "max"
     gptq = recipe.weight_rounding == "gptq"
-    if clip and recipe.bn_calib and not gptq:
-        # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
-        _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
-        clip = False
-
     amax = {}
     tensors = plan.activation_tensors()
     calib_seconds = 0.0
@@ -144,6 +139,18 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
                                                          batch_size=batch_size), work, recipe.fix_inputs)
         else:
             src = _calib.open_source(calibration, work, samples=samples, batch_size=batch_size)
+    stats = ranges = None
+    if recipe.bn_activations and tensors:
+        # Whole-model BN calibration measures the model at its final activation scales, so
+        # they come first, from the float model as without BN calibration (one
+        # --calib-cache then serves both); they are not re-measured after the corrections.
+        tc = time.perf_counter()
+        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache)
+        calib_seconds = time.perf_counter() - tc
+    if clip and recipe.bn_calib and not gptq:
+        # BN calibration measures the weights the FP8 model will hold (see _clip_weights).
+        _clip_weights(plan, recipe.weight_calib_method, recipe.pow2_scales)
+        clip = False
     if gptq:
         # The layers' inputs are the float model's, gathered before any weight changes; the
         # rounding itself waits for the clip (it rounds what the clip leaves) and for BN
@@ -158,8 +165,16 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         from .passes import BatchNormCalibration
 
         # The staged run also gathers the activation statistics: one pass over the data fewer.
+        act_amax = None
+        if stats is not None:
+            # The ranges InsertQDQ will use: the same guard and method on the same
+            # statistics, cached in ``ranges`` for the re-planned units below.
+            ranges = {}
+            guard_underflow(plan, stats, recipe, ranges)
+            act_amax = _activation_ranges(plan, stats, recipe, ranges)
         bn = BatchNormCalibration(plan, src, bn_mode=recipe.bn_mode, pow2_scales=recipe.pow2_scales,
-                                  probes=tensors if not recipe.dynamic else ())
+                                  probes=tensors if not (recipe.dynamic or recipe.bn_activations) else (),
+                                  activation_amax=act_amax, saturate=recipe.saturate)
         work = PassManager([bn], instruments=instruments, skip=skip, name="bn_calibration")(work).model
         bn_corrections = {"seconds": round(bn.seconds, 3), "passes": bn.passes_run, "layers": bn.corrections,
                           "skipped": [list(x) for x in bn.skipped],
@@ -170,10 +185,12 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
         plan = plan_quantization(work, recipe)  # the pass edited weights and nodes: plan afresh
         bn_stats = bn.stats
     if tensors and not recipe.dynamic:
-        tc = time.perf_counter()
-        stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache, known=bn_stats)
-        calib_seconds = time.perf_counter() - tc
-        ranges = {}  # (tensor, format) -> threshold, picked once for the guard and the scales
+        if stats is None:
+            tc = time.perf_counter()
+            stats = _calib.collect_or_load(work, tensors, src, cache=calib_cache, known=bn_stats)
+            calib_seconds = time.perf_counter() - tc
+        if ranges is None:
+            ranges = {}  # (tensor, format) -> threshold, picked once for the guard and the scales
         guarded = guard_underflow(plan, stats, recipe, ranges)
         advice = [] if recipe.underflow_guard else underflow_advice(plan, stats, recipe, ranges=ranges)
         amax = _activation_ranges(plan, stats, recipe, ranges)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-mode", choices=list(BN_MODES),
                    help="kept BatchNorms: match (shift the statistics by what FP8 weights change, default) "
                         "or reestimate (the paper: statistics of the calibration data)")
+    p.add_argument("--bn-activations", action="store_true", default=None,
+                   help="with --bn-calib: measure with activations quantized too (scales taken first), so "
+                        "the corrections also remove the shifts activation rounding causes")
     p.add_argument("--dynamic", action="store_true", default=None,
                    help="activation scales from each tensor's amax at run time (no calibration data needed)")
     p.add_argument("--emit", choices=list(EMIT_MODES),
@@ -115,7 +118,8 @@ def _run(args) -> int:
         weight_rounding=args.weight_rounding,
         exclude=args.exclude, keep_first_last=args.keep_first_last, keep_first=args.keep_first,
         pow2_scales=args.pow2_scales, opset=args.opset, dynamic=args.dynamic,
-        bn_calib=args.bn_calib, bn_mode=args.bn_mode, underflow_guard=args.underflow_guard,
+        bn_calib=args.bn_calib, bn_mode=args.bn_mode, bn_activations=args.bn_activations,
+        underflow_guard=args.underflow_guard,
     )
     fix_inputs = None
     if args.fix_input:

@@ -37,7 +37,8 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq")
 #: PP-OCR); reestimate: the paper's re-estimation from the calibration data.
 BN_MODES = ("match", "reestimate")
 #: Recipe fields that are switches.
-_BOOL_FIELDS = ("keep_first_last", "keep_first", "dynamic", "bn_calib", "saturate", "pow2_scales")
+_BOOL_FIELDS = ("keep_first_last", "keep_first", "dynamic", "bn_calib", "bn_activations", "saturate",
+                "pow2_scales")
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Recipe:
     dynamic: bool = False
     bn_calib: bool = False
     bn_mode: str = "match"
+    #: BN calibration measures the FP8 model with its activations fake-quantized too (at the
+    #: scales the output will hold), so its corrections also remove the channel shifts that
+    #: activation rounding causes through the nonlinearities; off, it sees FP8 weights only
+    #: (the paper's recipe).
+    bn_activations: bool = False
     opset: int = 19
     saturate: bool = True
     #: Scales rounded up to powers of two (hardware that takes the scale as an exponent
@@ -134,6 +140,12 @@ class Recipe:
                     or (isinstance(value, int) and value in (0, 1))):
                 raise UserError(f"recipe key {key!r} must be true or false, not {value!r}: fix the recipe")
             setattr(self, key, bool(value))
+        if self.bn_activations and not self.bn_calib:
+            raise UserError("--bn-activations is a setting of BatchNorm calibration: add --bn-calib "
+                            "(or drop --bn-activations)")
+        if self.bn_activations and self.dynamic:
+            raise UserError("--bn-activations needs the activation scales before BN calibration, which "
+                            "--dynamic only computes at run time: drop --bn-activations or --dynamic")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise UserError(f"unknown weight rounding {self.weight_rounding!r}: choose one of "
                             f"{', '.join(WEIGHT_ROUNDINGS)}")

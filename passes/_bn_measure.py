@@ -29,10 +29,11 @@ from fp8onnx.calibration.moments import ChannelMoments, PairMoments
 from fp8onnx.calibration.stages import DEFAULT_STORE_BUDGET, CutStore, node_reads, plan_stages
 from fp8onnx.calibration.stats import TensorStats
 from fp8onnx.graph import GraphIndex, NameAllocator, remove_unused
+from fp8onnx.runtime import ops
 
 from ._bn_targets import Target
 
-__all__ = ["StagedMeasure", "FullRunner", "progress_bar"]
+__all__ = ["StagedMeasure", "FullRunner", "FullQuant", "progress_bar"]
 
 log = logging.getLogger("fp8onnx.passes")
 
@@ -40,7 +41,8 @@ log = logging.getLogger("fp8onnx.passes")
 RAW = "bn_calib_raw/"
 
 
-def _session(model: onnx.ModelProto, providers):
+def _session(model: onnx.ModelProto, providers, custom: bool = False):
+    """An onnxruntime session; ``custom``: fp8onnx's, which runs the ai.fp8onnx ops."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -49,7 +51,71 @@ def _session(model: onnx.ModelProto, providers):
     # steal the cores from the other's: the staged float run of PP-OCRv4 det took 3-5x the
     # whole model's time with spinning, 1.3-1.4x without (2 cores, 3 pages).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if custom:
+        from fp8onnx.runtime import InferenceSession
+
+        return InferenceSession(model, sess_options=opts, providers=providers, fold_constants=False)
     return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers)
+
+
+class FullQuant:
+    """The FP8 side as the compiled model will be: each planned activation use read through
+    a FakeQuant at its final scale, each planned weight fake-quantized (max scaling of the
+    weight as it stands, which after an mse clip is the clipped one).
+
+    ``acts`` maps a node name to its ``(input index, tensor, format, amax)`` uses,
+    ``weights`` a weight tensor to ``(format, axis)``. FakeQuant computes what onnxruntime's
+    Q/DQ pair does for E4M3/E5M2/INT8 and what fp8onnx's ops do for E3M4, so one op serves
+    every format here.
+    """
+
+    def __init__(self, acts: Dict[str, list], weights: Dict[str, tuple], *, saturate: bool = True,
+                 pow2: bool = False):
+        self.acts, self.weights, self.saturate, self.pow2 = acts, weights, bool(saturate), bool(pow2)
+        self._fq: Dict[str, np.ndarray] = {}
+
+    def apply(self, nodes: list):
+        """Copies of ``nodes`` reading their quantized activations through FakeQuants (each
+        inserted before its first reader), and the scales' initializers."""
+        from fp8onnx import formats, qdq
+
+        out, inits, built = [], [], {}
+        for node in nodes:
+            uses = self.acts.get(node.name)
+            if not uses:
+                out.append(node)
+                continue
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            for index, tensor, fmt, amax in uses:
+                if copy.input[index] != tensor:
+                    continue
+                key = (tensor, fmt)
+                if key not in built:
+                    scale = qdq.scale_of(formats.get(fmt), np.float32(amax), self.pow2).reshape(())
+                    s_name, q_name = f"{RAW}fq/{tensor}/{fmt}/scale", f"{RAW}fq/{tensor}/{fmt}"
+                    inits.append(numpy_helper.from_array(scale, s_name))
+                    out.append(ops.make_fake_quant_node(tensor, s_name, q_name, format=fmt,
+                                                        saturate=self.saturate, name=q_name))
+                    built[key] = q_name
+                copy.input[index] = built[key]
+            out.append(copy)
+        return out, inits
+
+    def weights_for(self, nodes: list, index: GraphIndex) -> Dict[str, np.ndarray]:
+        """The fake-quantized planned weights ``nodes`` read."""
+        from ._bn_targets import fake_quant_weight
+
+        found = {}
+        for node in nodes:
+            for name in node.input:
+                if name in self.weights and name in index.initializers:
+                    if name not in self._fq:
+                        fmt, axis = self.weights[name]
+                        w = numpy_helper.to_array(index.initializers[name])
+                        self._fq[name] = fake_quant_weight(w, fmt, axis, self.pow2)
+                    found[name] = self._fq[name]
+        return found
 
 
 def progress_bar(total, progress, desc, unit):
@@ -75,8 +141,9 @@ class StagedMeasure:
     """
 
     def __init__(self, model, targets: List[Target], providers, *, budget: int = DEFAULT_STORE_BUDGET,
-                 progress=None, probes: Sequence[str] = ()):
+                 progress=None, probes: Sequence[str] = (), quant: Optional["FullQuant"] = None):
         self.graph, self.targets, self.providers = model.graph, targets, providers
+        self.quant = quant
         self.opset = list(model.opset_import)
         self.ir_version = model.ir_version
         self.functions = list(model.functions)  # model-local functions the nodes may call
@@ -117,11 +184,18 @@ class StagedMeasure:
         return {o: k for k, st in enumerate(self.stages) for i in st.nodes for o in self.graph.node[i].output}
 
     # -- stage models -------------------------------------------------------------------
-    def _model(self, stage, fetch: List[str], overrides: Dict[str, np.ndarray], affine: Dict[str, tuple]):
+    def _model(self, stage, fetch: List[str], overrides: Dict[str, np.ndarray], affine: Dict[str, tuple],
+               quant: Optional["FullQuant"] = None):
         """The stage's nodes as a model. ``affine`` maps a stage input to the per-channel
         ``(a, c)`` correcting it: the input then arrives as ``RAW + name`` and a Mul and an
-        Add in the session compute ``a * x + c`` (onnxruntime's threads, no numpy copy)."""
+        Add in the session compute ``a * x + c`` (onnxruntime's threads, no numpy copy).
+        ``quant`` (the FP8 side of a whole-model measurement) fake-quantizes the stage's
+        planned activation uses and weights as the compiled model will."""
         nodes = [self.graph.node[i] for i in stage.nodes]
+        extra: List[onnx.TensorProto] = []
+        if quant is not None:
+            nodes, extra = quant.apply(nodes)
+            overrides = {**quant.weights_for(nodes, self.index), **overrides}
         reads = {n for node in nodes for n in node_reads(node)}
         inits = [numpy_helper.from_array(overrides[n], n) if n in overrides else self.index.initializers[n]
                  for n in sorted(reads & set(self.index.initializers))]
@@ -140,8 +214,11 @@ class StagedMeasure:
 
         inputs = [vi(n, RAW + n if n in affine else n) for n in stage.feeds + stage.inputs]
         outputs = [vi(n) for n in fetch]
-        graph = helper.make_graph(pre + nodes, f"stage_{stage.out}", inputs, outputs, initializer=inits)
-        return helper.make_model(graph, opset_imports=self.opset, ir_version=self.ir_version,
+        graph = helper.make_graph(pre + nodes, f"stage_{stage.out}", inputs, outputs, initializer=inits + extra)
+        opset = self.opset
+        if extra and not any(o.domain == ops.DOMAIN for o in opset):
+            opset = opset + [ops.opset_import()]
+        return helper.make_model(graph, opset_imports=opset, ir_version=self.ir_version,
                                  functions=self.functions)
 
     def _fetch(self, stage, k: int) -> List[str]:
@@ -171,7 +248,8 @@ class StagedMeasure:
                 mine = {n: affine[n] for n in stage.inputs if n in affine}
                 fetch = self._fetch(stage, k)
                 fsess = _session(self._model(stage, fetch, {}, {}), self.providers) if t is not None else None
-                qsess = _session(self._model(stage, fetch, self._overrides(t), mine), self.providers)
+                qmodel = self._model(stage, fetch, self._overrides(t), mine, self.quant)
+                qsess = _session(qmodel, self.providers, custom=self.quant is not None)
                 # A folded layer's own output is observed once corrected (kept: see __init__).
                 deferred = t is not None and t.kind == "folded" and t.out in self.probes_at.get(k, ())
                 probes = [n for n in self.probes_at.get(k, ()) if not (deferred and n == t.out)]

@@ -109,7 +109,7 @@ from fp8onnx.graph import NameAllocator, set_metadata
 from fp8onnx.passinfra import Pass, PassResult
 from fp8onnx.planner import Plan
 
-from ._bn_measure import FullRunner, StagedMeasure
+from ._bn_measure import FullQuant, FullRunner, StagedMeasure
 from ._bn_targets import EPS, MARKER, Target, bn_eps, correct, fake_quant_weight, find_targets, read_marker
 
 __all__ = ["BatchNormCalibration", "fake_quant_weight", "BN_MODES", "MARKER"]
@@ -130,8 +130,10 @@ class BatchNormCalibration(Pass):
                  bn_mode: str = "match", clamp=(0.5, 2.0), tol: float = 1e-4,
                  quantized_weights: bool = True, progress: Optional[bool] = None,
                  providers=None, store_budget: int = DEFAULT_STORE_BUDGET, pow2_scales: bool = False,
-                 probes=()) -> None:
+                 probes=(), activation_amax: Optional[dict] = None, saturate: bool = True) -> None:
         super().__init__()
+        if activation_amax is not None and not sequential:
+            raise ValueError("activation_amax (measuring the whole FP8 model) needs sequential=True")
         if int(iterations) < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         if bn_mode not in BN_MODES:
@@ -149,6 +151,11 @@ class BatchNormCalibration(Pass):
         self.store_budget = int(store_budget)
         self.pow2 = bool(pow2_scales)
         self.probes = list(probes)
+        #: amax by (tensor, format) of the planned activations: given, the FP8 side is the
+        #: whole FP8 model (activations fake-quantized at these ranges, every planned
+        #: weight quantized), not the float model with FP8 weights.
+        self.activation_amax = activation_amax
+        self.saturate = bool(saturate)
         #: Activation statistics of ``probes`` in the corrected model, from the staged run.
         self.stats: dict = {}
         self.corrections: List[dict] = []
@@ -209,11 +216,29 @@ class BatchNormCalibration(Pass):
                 t.report["mse_after"] = m.mse(t.a, t.b - t.a.astype(np.float64) * t.b0, 1.0, 0.0)
 
         measure = StagedMeasure(model, targets, self.providers, budget=self.store_budget,
-                                progress=self.progress, probes=self.probes)
+                                progress=self.progress, probes=self.probes, quant=self._full_quant())
         measure.run(src, on_layer)
         self.stats = measure.stats
         self.passes_run = 1
         self.store_peak, self.spill_peak = measure.peak_store, measure.peak_disk
+
+    def _full_quant(self) -> Optional[FullQuant]:
+        """The FP8 side's activation uses and weights, from the plan, when measuring the whole
+        FP8 model (``activation_amax`` given). A use whose range is missing (calibration did
+        not observe it) stays float, as InsertQDQ leaves it."""
+        if self.activation_amax is None:
+            return None
+        acts, weights = {}, {}
+        for d in self.plan.units:
+            if d.graph_path != "main":
+                continue
+            for u in d.activation_uses if d.activation_format else ():
+                amax = self.activation_amax.get((u.tensor, d.activation_format))
+                if amax is not None:
+                    acts.setdefault(u.node, []).append((u.index, u.tensor, d.activation_format, float(amax)))
+            for u in d.weight_uses if d.weight_format else ():
+                weights[u.tensor] = (d.weight_format, u.axis)
+        return FullQuant(acts, weights, saturate=self.saturate, pow2=self.pow2)
 
     def _joint(self, model, src, targets: List[Target]) -> None:
         """``iterations`` passes measuring every layer at once (shallow models only)."""
