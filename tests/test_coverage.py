@@ -224,7 +224,7 @@ def test_timeout_is_a_failed_row():
 def test_config_names_round_trip():
     names = cov.config_names()
     assert len(names) == (1 + 4 * 2 * 2 + 2 * 2 + len(cov.WMSE) + len(cov.KF) + len(cov.UG) + len(cov.GQ)
-                          + len(cov.POW2_FORMATS) + 3 + 1 + 2)
+                          + len(cov.BA) + len(cov.POW2_FORMATS) + 3 + 1 + 2)
     assert names[0] == "fp32"
     assert cov.config_spec("e3m4-std-bn-wmse-ug") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                       "bn_calib": True, "weight_calib_method": "mse",
@@ -237,6 +237,12 @@ def test_config_names_round_trip():
                                                          "underflow_guard": cov.UNDERFLOW_GUARD}
     for name in ("e4m3-std-gq", "int8-std-gq", "e3m4-std-wmse-gq-kf-ug", "e3m4-std-bn-wmse-gq-ug"):
         assert name in names and report.split_config(name)[2] in report.GQ_SETTINGS
+    assert cov.config_spec("e3m4-std-ba-wmse-ug") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
+                                                      "bn_calib": True, "bn_activations": True,
+                                                      "weight_calib_method": "mse",
+                                                      "underflow_guard": cov.UNDERFLOW_GUARD}
+    for name in ("e4m3-std-ba", "e3m4-std-ba", "e3m4-std-ba-wmse", "e3m4-std-ba-wmse-ug"):
+        assert name in names and report.split_config(name)[2] in report.BA_SETTINGS
     assert cov.config_spec("e3m4-std-pow2") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                 "bn_calib": False, "pow2_scales": True}
     assert cov.config_spec("e3m4-std-wmse-kf") == {"kind": "ours", "format": "e3m4", "scheme": "standard",

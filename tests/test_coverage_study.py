@@ -32,7 +32,7 @@ def test_wmse_names_parse_and_round_trip():
     names = cov.config_names()
     wmse = [n for n in names if n.endswith("-wmse")]
     assert {"e4m3-std-wmse", "e3m4-std-wmse", "int8-std-wmse", "e3m4w.e4m3a-std-wmse",
-            "e3m4-std-bn-wmse"} == set(wmse)
+            "e3m4-std-bn-wmse", "e3m4-std-ba-wmse"} == set(wmse)
     assert names.index("e3m4w.e4m3a-std-bn") < names.index("e4m3-std-wmse") < names.index("e4m3-std-tuned")
     assert cov.config_spec("e3m4-std-bn-wmse") == {"kind": "ours", "format": "e3m4", "scheme": "standard",
                                                    "bn_calib": True, "weight_calib_method": "mse"}
@@ -46,7 +46,8 @@ def test_wmse_names_parse_and_round_trip():
         token, pair, (scheme, suffix) = report.split_config(n)
         spec = cov.config_spec(n)
         assert cov.format_token(*pair) == token and suffix.endswith("-wmse")
-        assert spec["bn_calib"] == ("-bn" in suffix) and report.SETTING_NAMES[(scheme, suffix)]
+        assert spec["bn_calib"] == ("-bn" in suffix or "-ba" in suffix) and report.SETTING_NAMES[(scheme, suffix)]
+        assert spec.get("bn_activations", False) == ("-ba" in suffix)
     for bad in ("e4m3-std-wmse-bn", "e4m3-std-wmse-tuned", "e4m3-std-tuned-wmse", "e4m3-std-mse",
                 "e4m3-wmse", "e4m3-std-wmse-wmse"):
         with pytest.raises(ValueError, match="unknown configuration"):

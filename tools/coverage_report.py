@@ -43,8 +43,10 @@ KF_SETTINGS = (("std", "-kf"), ("std", "-wmse-kf"), ("std", "-bn-kf"))
 UG_SETTINGS = (("std", "-ug"), ("std", "-wmse-kf-ug"), ("std", "-bn-wmse-ug"), ("std", "-bn-wmse-kf-ug"))
 #: ``-gq``: GPTQ weight rounding (``weight_rounding="gptq"``). Shown where run.
 GQ_SETTINGS = (("std", "-gq"), ("std", "-wmse-gq-kf-ug"), ("std", "-bn-wmse-gq-ug"))
+#: ``-ba``: BN calibration measured on the whole FP8 model (``bn_activations=True``). Shown where run.
+BA_SETTINGS = (("std", "-ba"), ("std", "-ba-wmse"), ("std", "-ba-wmse-ug"))
 SETTINGS = ((("std", ""), ("std", "-bn"), ("ext", ""), ("ext", "-bn")) + WMSE_SETTINGS + KF_SETTINGS + UG_SETTINGS
-            + GQ_SETTINGS)
+            + GQ_SETTINGS + BA_SETTINGS)
 #: Accuracy-aware tuning (some nodes may fall back to float): reported apart from SETTINGS.
 TUNED = ("std", "-tuned")
 #: fp8onnx.tune's default FP8 search: its whole-recipe stage, then the stages of TUNED.
@@ -70,6 +72,10 @@ SETTING_NAMES = {("std", ""): "standard", ("std", "-bn"): "standard + BN calib",
                  ("std", "-wmse-gq-kf-ug"): "standard + MSE weight scales + GPTQ rounding, first layer float, "
                                             "underflow guard",
                  ("std", "-bn-wmse-gq-ug"): "standard + BN calib + MSE weight scales + GPTQ rounding, underflow guard",
+                 ("std", "-ba"): "standard + BN calib with FP8 activations",
+                 ("std", "-ba-wmse"): "standard + BN calib with FP8 activations + MSE weight scales",
+                 ("std", "-ba-wmse-ug"): "standard + BN calib with FP8 activations + MSE weight scales, "
+                                         "underflow guard",
                  POW2: "standard, power-of-two scales",
                  TUNED: "standard + accuracy-aware tuning",
                  TUNED_RECIPES: "standard + tuning from whole recipes"}

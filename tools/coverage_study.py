@@ -93,6 +93,10 @@ UNDERFLOW_GUARD = 0.05
 #: scales, and the two best fixed recipes of nearest rounding with GPTQ in them.
 GQ = (("e4m3", "", ""), ("e3m4", "", ""), ("int8", "", ""), ("e3m4", "-wmse", "-kf-ug"),
       ("e3m4", "-bn-wmse", "-ug"))
+#: Settings run with whole-model BatchNorm calibration (``-ba``: ``bn_calib`` with
+#: ``bn_activations``, the FP8 side measured with its activations quantized), as (format,
+#: suffix after -ba): the default format, the CV format, and E3M4's best fixed recipes.
+BA = (("e4m3", ""), ("e3m4", ""), ("e3m4", "-wmse"), ("e3m4", "-wmse-ug"))
 SCHEMES = {"standard": "std", "extended": "ext"}
 PEERS = {"peer": "default", "peer-sym": "sym"}
 QUICK_MODELS = ("digits_cnn", "digits_mlp", "ppocr_cls")
@@ -130,6 +134,7 @@ def config_names(with_peer: bool = True) -> List[str]:
     names += [f"{format_token(w, a)}-std{suffix}-kf" for w, a, suffix in KF]
     names += [f"{fmt}-std{suffix}-ug" for fmt, suffix in UG]
     names += [f"{fmt}-std{before}-gq{after}" for fmt, before, after in GQ]
+    names += [f"{fmt}-std-ba{after}" for fmt, after in BA]
     names += [f"{fmt}-std-pow2" for fmt in POW2_FORMATS]
     names += [f"{fmt}-std-tuned" for fmt in TUNED_FORMATS]
     names += [f"{fmt}-std-tuned-recipes" for fmt in RECIPE_TUNED_FORMATS]
@@ -140,13 +145,14 @@ def config_names(with_peer: bool = True) -> List[str]:
 _SUFFIXES = ((), ("bn",), ("wmse",), ("bn", "wmse"), ("kf",), ("bn", "kf"), ("wmse", "kf"),
              ("bn", "wmse", "kf"), ("ug",), ("wmse", "kf", "ug"), ("bn", "wmse", "ug"), ("bn", "wmse", "kf", "ug"),
              ("gq",), ("wmse", "gq", "kf", "ug"), ("bn", "wmse", "gq", "ug"),
+             ("ba",), ("ba", "wmse"), ("ba", "wmse", "ug"),
              ("pow2",),
              ("tuned",), ("tuned", "recipes"))
 
 
 def config_spec(config: str) -> dict:
-    """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn][-wmse][-gq][-kf][-ug]``
-    (``-wmse``: least-error weight scales; ``-gq``: GPTQ weight rounding; ``-kf``: first
+    """The job fields that a configuration name stands for: ``FORMAT-SCHEME[-bn|-ba][-wmse][-gq][-kf][-ug]``
+    (``-ba``: BN calibration measured on the whole FP8 model; ``-wmse``: least-error weight scales; ``-gq``: GPTQ weight rounding; ``-kf``: first
     weighted layer in float; ``-ug``: the underflow guard),
     ``FORMAT-SCHEME-pow2`` (power-of-two scales) or
     ``FORMAT-SCHEME-tuned[-recipes]`` (``-recipes``: fp8onnx.tune's whole-recipe stage first),
@@ -160,9 +166,9 @@ def config_spec(config: str) -> dict:
     flags = tuple(parts[2:])
     if scheme is None or flags not in _SUFFIXES:
         raise ValueError(f"unknown configuration {config!r}: use fp32, peer, peer-sym or "
-                         "FORMAT-std|ext[-bn][-wmse][-gq][-kf][-ug], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] "
+                         "FORMAT-std|ext[-bn|-ba][-wmse][-gq][-kf][-ug], FORMAT-std|ext-pow2 or FORMAT-std|ext-tuned[-recipes] "
                          "(FORMAT: e4m3, or e3m4w.e4m3a for mixed formats; -wmse: least-error weight scales; "
-                         "-gq: GPTQ weight rounding)")
+                         "-gq: GPTQ weight rounding; -ba: BN calibration with FP8 activations)")
     w, a = parse_format(parts[0])
     fmt = {"format": w} if w == a else {"weight_format": w, "activation_format": a}
     if flags[:1] == ("tuned",):
@@ -174,7 +180,9 @@ def config_spec(config: str) -> dict:
         if "recipes" in flags:  # absent = the INC-style stages, so older specs read the same
             spec["stages"] = ["recipe", "format", "node"]
         return spec
-    spec = {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": "bn" in flags}
+    spec = {"kind": "ours", **fmt, "scheme": scheme, "bn_calib": "bn" in flags or "ba" in flags}
+    if "ba" in flags:  # absent = BN calibration under FP8 weights only, so older specs read the same
+        spec["bn_activations"] = True
     if "wmse" in flags:  # absent = the compiler's default (max), so older specs read the same
         spec["weight_calib_method"] = "mse"
     if "gq" in flags:  # absent = nearest rounding, the compiler's default

@@ -151,7 +151,7 @@ def _fixed_recipes(s: dict) -> List[str]:
     for st in r.ALL_SETTINGS:
         # Optional settings get a row only where a sweep ran them, so older results read as before.
         if (st in (r.POW2, r.TUNED, r.TUNED_RECIPES) or st in r.WMSE_SETTINGS or st in r.KF_SETTINGS
-                or st in r.UG_SETTINGS or st in r.GQ_SETTINGS) \
+                or st in r.UG_SETTINGS or st in r.GQ_SETTINGS or st in r.BA_SETTINGS) \
                 and not any(w[st][f] for f in cols):
             continue
         L.append(f"| {names[st]} | " + " | ".join(count_text(w[st][f]) for f in cols) + " |")

@@ -212,6 +212,8 @@ def _compile_ours(entry, calib, spec):
         opts["pow2_scales"] = True
     if spec.get("underflow_guard"):
         opts["underflow_guard"] = spec["underflow_guard"]
+    if spec.get("bn_activations"):
+        opts["bn_activations"] = True
     model = entry.load()
     if not spec.get("bn_calib"):
         return compile_model(model, calibration=calib, **opts).model, None, None
