@@ -675,3 +675,21 @@ def test_whole_model_bn_calibration_settings_are_checked(tmp_path):
                         "--calib", CALIB, "--bn-activations"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
     assert "add --bn-calib" in p.stderr and not out.exists()
+
+
+def test_cli_bn_activations_writes_a_checked_model_with_the_recipe(tmp_path):
+    import json
+
+    out = tmp_path / "q.onnx"
+    p = subprocess.run([sys.executable, "-m", "fp8onnx.compile", "models/digits_cnn_bnfold.onnx", "-o", str(out),
+                        "--calib", CALIB, "--batch-size", "64", "--format", "e3m4", "--bn-calib",
+                        "--bn-activations"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    recipe = json.loads({e.key: e.value for e in m.metadata_props}["fp8onnx.recipe"])
+    assert recipe["bn_calib"] is True and recipe["bn_activations"] is True
+    # the same compile through the API writes the same bytes
+    again = compile_model("models/digits_cnn_bnfold.onnx", calibration=CALIB, batch_size=64, format="e3m4",
+                          bn_calib=True, bn_activations=True).model
+    assert again.SerializeToString() == out.read_bytes()
