@@ -716,3 +716,23 @@ def test_whole_model_bn_calibration_brings_ppocr_det_closer_to_fp32(zoo_entry):
         err[whole] = (np.mean([np.abs(m - r).mean() for m, r in zip(maps, fp32)]),
                       sum(int(np.sum((m > 0.3) != (r > 0.3))) for m, r in zip(maps, fp32)))
     assert err[True][0] < 0.4 * err[False][0] and err[True][1] < 0.4 * err[False][1], err
+
+
+def test_whole_model_bn_calibration_reuses_a_plain_compiles_calib_cache(tmp_path, monkeypatch):
+    """Its activation statistics are the float model's, as a compile without BN calibration
+    collects them: the plain compile's --calib-cache serves it without a pass over the data
+    for statistics, and the scales come out the same."""
+    import fp8onnx.calibration.collect as collect
+
+    cache = str(tmp_path / "stats.npz")
+    kw = dict(calibration=CALIB, batch_size=64, format="e3m4", weight_calib_method="mse", calib_cache=cache)
+    plain = compile_model("models/digits_cnn_bnfold.onnx", **kw)
+
+    def no_pass(model, names, *a, **k):
+        raise AssertionError(f"collected {names} although the cache holds them")
+
+    monkeypatch.setattr(collect, "collect_stats", no_pass)
+    whole = compile_model("models/digits_cnn_bnfold.onnx", bn_calib=True, bn_activations=True, **kw)
+    scales = [{v["tensor"]: v["scale"] for v in r.report["inserted"].values() if v["kind"] == "activation"}
+              for r in (plain, whole)]
+    assert scales[0] and scales[0] == scales[1]
