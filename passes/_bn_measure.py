@@ -64,22 +64,29 @@ class FullQuant:
     weight as it stands, which after an mse clip is the clipped one).
 
     ``acts`` maps a node name to its ``(input index, tensor, format, amax)`` uses,
-    ``weights`` a weight tensor to ``(format, axis)``. FakeQuant computes what onnxruntime's
-    Q/DQ pair does for E4M3/E5M2/INT8 and what fp8onnx's ops do for E3M4, so one op serves
-    every format here.
+    ``weights`` a weight tensor to ``(format, axis)``. The FakeQuants are InsertQDQ's own
+    emulated build (:func:`fp8onnx.qdq.build_activation`); FakeQuant computes what
+    onnxruntime's Q/DQ pair does for E4M3/E5M2/INT8, so one op serves every format here.
     """
 
-    def __init__(self, acts: Dict[str, list], weights: Dict[str, tuple], *, saturate: bool = True,
+    def __init__(self, graph, acts: Dict[str, list], weights: Dict[str, tuple], *, saturate: bool = True,
                  pow2: bool = False):
-        self.acts, self.weights, self.saturate, self.pow2 = acts, weights, bool(saturate), bool(pow2)
+        from fp8onnx import formats, qdq
+
+        self.acts, self.weights, self.pow2 = acts, weights, bool(pow2)
+        names = NameAllocator(graph)
+        self.built = {}
+        for uses in acts.values():
+            for _, tensor, fmt, amax in uses:
+                if (tensor, fmt) not in self.built:
+                    self.built[tensor, fmt] = qdq.build_activation(names, tensor, formats.get(fmt), amax, "emulate",
+                                                                   "", saturate, pow2)
         self._fq: Dict[str, np.ndarray] = {}
 
     def apply(self, nodes: list):
         """Copies of ``nodes`` reading their quantized activations through FakeQuants (each
         inserted before its first reader), and the scales' initializers."""
-        from fp8onnx import formats, qdq
-
-        out, inits, built = [], [], {}
+        out, inits, placed = [], [], set()
         for node in nodes:
             uses = self.acts.get(node.name)
             if not uses:
@@ -87,18 +94,15 @@ class FullQuant:
                 continue
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            for index, tensor, fmt, amax in uses:
+            for index, tensor, fmt, _ in uses:
                 if copy.input[index] != tensor:
                     continue
-                key = (tensor, fmt)
-                if key not in built:
-                    scale = qdq.scale_of(formats.get(fmt), np.float32(amax), self.pow2).reshape(())
-                    s_name, q_name = f"{RAW}fq/{tensor}/{fmt}/scale", f"{RAW}fq/{tensor}/{fmt}"
-                    inits.append(numpy_helper.from_array(scale, s_name))
-                    out.append(ops.make_fake_quant_node(tensor, s_name, q_name, format=fmt,
-                                                        saturate=self.saturate, name=q_name))
-                    built[key] = q_name
-                copy.input[index] = built[key]
+                b = self.built[tensor, fmt]
+                if (tensor, fmt) not in placed:
+                    placed.add((tensor, fmt))
+                    out.extend(b.nodes)
+                    inits.extend(b.initializers)
+                copy.input[index] = b.output
             out.append(copy)
         return out, inits
 

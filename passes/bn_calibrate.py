@@ -227,13 +227,13 @@ class BatchNormCalibration(Pass):
                 t.report["mse_after"] = m.mse(t.a, t.b - t.a.astype(np.float64) * t.b0, 1.0, 0.0)
 
         measure = StagedMeasure(model, targets, self.providers, budget=self.store_budget,
-                                progress=self.progress, probes=self.probes, quant=self._full_quant())
+                                progress=self.progress, probes=self.probes, quant=self._full_quant(model))
         measure.run(src, on_layer)
         self.stats = measure.stats
         self.passes_run = 1
         self.store_peak, self.spill_peak = measure.peak_store, measure.peak_disk
 
-    def _full_quant(self) -> Optional[FullQuant]:
+    def _full_quant(self, model) -> Optional[FullQuant]:
         """The FP8 side's activation uses and weights, from the plan, when measuring the whole
         FP8 model (``activation_amax`` given). A use whose range is missing (calibration did
         not observe it) stays float, as InsertQDQ leaves it."""
@@ -249,7 +249,7 @@ class BatchNormCalibration(Pass):
                     acts.setdefault(u.node, []).append((u.index, u.tensor, d.activation_format, float(amax)))
             for u in d.weight_uses if d.weight_format else ():
                 weights[u.tensor] = (d.weight_format, u.axis)
-        return FullQuant(acts, weights, saturate=self.saturate, pow2=self.pow2)
+        return FullQuant(model.graph, acts, weights, saturate=self.saturate, pow2=self.pow2)
 
     def _joint(self, model, src, targets: List[Target]) -> None:
         """``iterations`` passes measuring every layer at once (shallow models only)."""
