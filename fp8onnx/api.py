@@ -164,7 +164,8 @@ def compile_model(model, *, recipe=None, calibration=None, samples: Optional[int
     if recipe.bn_calib:
         from .passes import BatchNormCalibration
 
-        # The staged run also gathers the activation statistics: one pass over the data fewer.
+        # Without --bn-activations the staged run also gathers the activation statistics
+        # (of the corrected model): one pass over the data fewer.
         act_amax = None
         if stats is not None:
             # The ranges InsertQDQ will use: the same guard and method on the same
