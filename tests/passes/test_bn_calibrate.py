@@ -51,16 +51,22 @@ def with_weights(model, arrays):
     return m
 
 
-def fetch(model, names, x):
+def fetch(model, names, x, *, compiled=False):
     """Every sample's value of ``names`` (onnxruntime, optimisations off, one batch);
-    ``x`` is the digits models' input or a feed dict."""
+    ``x`` is the digits models' input or a feed dict. ``compiled``: a compiled model, run
+    by fp8onnx's session (native Q/DQ and the ai.fp8onnx ops alike)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if compiled:
+        from fp8onnx.runtime import InferenceSession
+
+        sess = InferenceSession(m)
+    else:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return dict(zip(names, sess.run(names, x if isinstance(x, dict) else {"input": x})))
 
 
@@ -605,17 +611,6 @@ def test_bn_after_a_relu_keeps_its_node_and_gets_the_float_output_moments(zoo_en
     assert min(moved) > 4e-3 and max(moved) > 1e-2, moved
 
 
-def _fetch_compiled(model, names, x):
-    """Every calibration sample's value of ``names`` in a compiled model, run by fp8onnx's
-    session (native Q/DQ and the ai.fp8onnx ops alike)."""
-    from fp8onnx.runtime import InferenceSession
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    return dict(zip(names, InferenceSession(m).run(names, {"input": x})))
-
-
 @pytest.mark.parametrize("fmt", ["e4m3", "e3m4"])
 def test_whole_model_bn_calibration_gives_the_compiled_model_float_moments(fmt):
     """With ``bn_activations`` the staged run measures the model InsertQDQ writes, FP8
@@ -634,7 +629,7 @@ def test_whole_model_bn_calibration_gives_the_compiled_model_float_moments(fmt):
         r = compile_model(path, calibration=CALIB, batch_size=64, format=fmt, bn_calib=True,
                           bn_activations=whole)
         assert [c["kind"] for c in r.report["bn_calibration"]["layers"]] == ["folded"] * 3
-        yq = _fetch_compiled(r.model, convs, x)
+        yq = fetch(r.model, convs, x, compiled=True)
         for name in convs:
             (mf, vf), (mq, vq) = moments(yf[name]), moments(yq[name])
             sf = np.sqrt(vf)
